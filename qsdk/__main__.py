@@ -1,0 +1,3 @@
+from qsdk.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""Where things live: project root, lakehouse root, runs folder. One place, env overrides.
+
+Resolution order for each setting: explicit argument > environment variable > default
+relative to the project root. The project root is ``QSDK_PROJECT`` or the nearest folder at
+or above the current directory that has a ``pipelines/`` folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from qsdk.errors import ConfigError
+
+ENV_PROJECT = "QSDK_PROJECT"
+ENV_LAKEHOUSE = "QSDK_LAKEHOUSE"
+ENV_RUNS = "QSDK_RUNS"
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    if env := os.environ.get(ENV_PROJECT):
+        root = Path(env).expanduser().resolve()
+        if not (root / "pipelines").is_dir():
+            raise ConfigError(f"{ENV_PROJECT}={env} has no pipelines/ folder; point it at a qsdk project")
+        return root
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "pipelines").is_dir():
+            return candidate
+    raise ConfigError(
+        f"no qsdk project found at or above {here}: run from a folder with pipelines/, "
+        f"or set {ENV_PROJECT}"
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    project_root: Path
+    lakehouse_root: Path
+    runs_dir: Path
+
+    @property
+    def pipelines_dir(self) -> Path:
+        return self.project_root / "pipelines"
+
+    @classmethod
+    def load(
+        cls,
+        project_root: str | Path | None = None,
+        *,
+        lakehouse_root: str | Path | None = None,
+        runs_dir: str | Path | None = None,
+    ) -> Config:
+        root = Path(project_root).resolve() if project_root else find_project_root()
+        lake = lakehouse_root or os.environ.get(ENV_LAKEHOUSE) or root / "lakehouse"
+        runs = runs_dir or os.environ.get(ENV_RUNS) or root / "runs"
+        return cls(project_root=root, lakehouse_root=_abs(lake, root), runs_dir=_abs(runs, root))
+
+    def with_lakehouse(self, lakehouse_root: str | Path) -> Config:
+        return replace(self, lakehouse_root=_abs(lakehouse_root, self.project_root))
+
+
+def _abs(path: str | Path, root: Path) -> Path:
+    p = Path(path).expanduser()
+    return (p if p.is_absolute() else root / p).resolve()

@@ -1,0 +1,69 @@
+"""The qsdk papermill engine: papermill's nbclient engine plus a bootstrap step.
+
+Before the first cell runs, the engine executes a silent statement in the kernel that points
+``QSDK_CONTEXT`` at the stage's context file. Doing it in the kernel rather than through the
+kernel's start-up environment works the same for a kernel started for this notebook and for
+one started ahead of time (a pre-warmed kernel passed in as ``km``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from papermill.clientwrap import PapermillNotebookClient
+from papermill.engines import NBClientEngine, papermill_engines
+from papermill.utils import merge_kwargs, remove_args
+from traitlets import Dict
+
+from qsdk.errors import StageFailed
+
+ENGINE_NAME = "qsdk"
+
+
+class _QsdkClient(PapermillNotebookClient):
+    kernel_env = Dict({}, help="environment variables set in the kernel before the first cell")
+
+    def papermill_execute_cells(self) -> None:
+        if self.kernel_env:
+            self._bootstrap()
+        super().papermill_execute_cells()
+
+    def _bootstrap(self) -> None:
+        code = "import os as __qsdk_os\n"
+        code += "".join(f"__qsdk_os.environ[{k!r}] = {v!r}\n" for k, v in self.kernel_env.items())
+        code += "del __qsdk_os\n"
+        msg_id = self.kc.execute(code, silent=True, store_history=False)
+        reply = self.wait_for_reply(msg_id)
+        if not reply or reply["content"].get("status") != "ok":
+            raise StageFailed("kernel bootstrap failed: could not set the stage context", reason="bootstrap")
+
+
+class QsdkEngine(NBClientEngine):
+    @classmethod
+    def execute_managed_notebook(
+        cls,
+        nb_man,
+        kernel_name,
+        log_output=False,
+        stdout_file=None,
+        stderr_file=None,
+        start_timeout=60,
+        execution_timeout=None,
+        **kwargs: Any,
+    ):
+        kwargs = remove_args(["input_path"], **kwargs)
+        safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)
+        final_kwargs = merge_kwargs(
+            safe_kwargs,
+            timeout=execution_timeout if execution_timeout else kwargs.get("timeout"),
+            startup_timeout=start_timeout,
+            kernel_name=kernel_name,
+            log_output=log_output,
+            stdout_file=stdout_file,
+            stderr_file=stderr_file,
+        )
+        return _QsdkClient(nb_man, **final_kwargs).execute()
+
+
+def register() -> None:
+    papermill_engines.register(ENGINE_NAME, QsdkEngine)

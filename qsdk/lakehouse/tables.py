@@ -1,0 +1,328 @@
+"""Every Delta Lake read and write in qsdk goes through :class:`Lakehouse`.
+
+Foreign errors from ``deltalake`` are wrapped once, here, as :class:`LakehouseError`.
+Tables live at ``<root>/<layer>/<name>``; names are validated so no path can escape the root.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from qsdk.errors import ContractViolation, LakehouseError
+from qsdk.lakehouse.contract import TableSpec, conform, validate_table_name
+
+WriteMode = Literal["append", "overwrite", "merge"]
+WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "merge")
+Filters = Sequence[tuple[str, str, Any]] | None
+_CONFLICT_RETRIES = 8
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    version: int | None
+    rows: int | None
+    path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "rows": self.rows, "path": self.path}
+
+
+class Lakehouse:
+    """Delta tables under ``root``; ``specs`` are the contracts writes are checked against."""
+
+    def __init__(self, root: str | Path, specs: Mapping[str, TableSpec] | None = None) -> None:
+        self.root = Path(root).resolve()
+        self.specs: dict[str, TableSpec] = dict(specs or {})
+
+    # ------------------------------------------------------------ paths and metadata
+    def path(self, name: str) -> Path:
+        layer, table = validate_table_name(name).split(".", 1)
+        path = (self.root / layer / table).resolve()
+        if self.root not in path.parents:  # defence in depth; the name regex already forbids it
+            raise LakehouseError(f"table {name!r} resolves outside the lakehouse root {self.root}")
+        return path
+
+    def spec(self, name: str) -> TableSpec:
+        validate_table_name(name)
+        try:
+            return self.specs[name]
+        except KeyError:
+            raise ContractViolation(
+                f"table {name!r} has no contract: declare it under tables: in pipelines/*.yaml",
+                table=name,
+            ) from None
+
+    def exists(self, name: str) -> bool:
+        return (self.path(name) / "_delta_log").is_dir()
+
+    def _table(self, name: str, version: int | None = None):
+        from deltalake import DeltaTable
+
+        if not self.exists(name):
+            raise LakehouseError(
+                f"table {name!r} does not exist yet under {self.root}: run the stage that writes it",
+                table=name,
+            )
+        try:
+            return DeltaTable(str(self.path(name)), version=version)
+        except Exception as exc:  # deltalake raises several foreign types
+            raise LakehouseError(f"cannot open {name!r} at version {version}: {exc}", table=name) from exc
+
+    def version(self, name: str) -> int | None:
+        return self._table(name).version() if self.exists(name) else None
+
+    def info(self, name: str) -> TableInfo:
+        if not self.exists(name):
+            return TableInfo(name, None, None, str(self.path(name)))
+        dt = self._table(name)
+        actions = pa.table(dt.get_add_actions(flatten=True))
+        rows = int(pc.sum(actions.column("num_records")).as_py() or 0) if actions.num_rows else 0
+        return TableInfo(name, dt.version(), rows, str(self.path(name)))
+
+    def history(self, name: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+        return self._table(name).history(limit)
+
+    def commit_metadata(self, name: str, version: int) -> dict[str, Any]:
+        for entry in self.history(name):
+            if entry.get("version") == version:
+                return entry
+        raise LakehouseError(f"table {name!r} has no version {version}", table=name)
+
+    def list_tables(self) -> list[str]:
+        names = []
+        if self.root.is_dir():
+            for log in sorted(self.root.glob("*/*/_delta_log")):
+                names.append(f"{log.parent.parent.name}.{log.parent.name}")
+        return names
+
+    # ------------------------------------------------------------ reads
+    def read(
+        self,
+        name: str,
+        *,
+        columns: Sequence[str] | None = None,
+        filters: Filters = None,
+        version: int | None = None,
+    ) -> pa.Table:
+        dt = self._table(name, version)
+        try:
+            dataset = dt.to_pyarrow_dataset()
+            return dataset.to_table(
+                columns=list(columns) if columns else None,
+                filter=_expression(filters, dataset.schema),
+            )
+        except ContractViolation:
+            raise
+        except Exception as exc:
+            raise LakehouseError(f"failed reading {name!r}: {exc}", table=name) from exc
+
+    # ------------------------------------------------------------ writes
+    def write(
+        self,
+        name: str,
+        data: Any,
+        *,
+        mode: WriteMode,
+        predicate: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        app_id: str | None = None,
+        app_version: int = 1,
+    ) -> int:
+        """Validate ``data`` against the contract and commit it; return the new table version.
+
+        ``mode``: ``append`` (new keys only), ``overwrite`` (whole table, or only the rows
+        matching ``predicate``: a partition overwrite), ``merge`` (upsert on the primary key).
+        ``app_id``: a Delta application transaction id; a commit whose ``app_id`` is already at
+        ``app_version`` is skipped, so a retried task never writes twice.
+        """
+        if mode not in WRITE_MODES:
+            raise ContractViolation(f"unknown write mode {mode!r}; use one of {WRITE_MODES}")
+        spec = self.spec(name)
+        table = conform(data, spec)
+        if predicate is not None and mode != "overwrite":
+            raise ContractViolation(f"predicate= only goes with mode='overwrite' (got {mode!r})")
+        if mode == "merge" and not spec.primary_key:
+            raise ContractViolation(f"merge into {name!r} needs a primary_key in its contract")
+        if self.exists(name):
+            self._check_existing_schema(name, spec)
+            if app_id is not None:
+                done = self._table(name).transaction_version(app_id)
+                if done is not None and done >= app_version:
+                    return self.version(name)  # already committed by an earlier attempt
+        write_id = uuid.uuid4().hex
+        meta = {**(metadata or {}), "qsdk.write_id": write_id, "qsdk.mode": mode}
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                self._commit(name, spec, table, mode=mode, predicate=predicate, meta=meta,
+                             app_id=app_id, app_version=app_version)
+                break
+            except ContractViolation:
+                raise
+            except Exception as exc:
+                if "failed validation check" in str(exc):
+                    raise ContractViolation(
+                        f"overwrite of {name!r} with predicate {predicate!r}: some rows fall outside "
+                        "the predicate; write only the partition's rows",
+                        table=name,
+                    ) from exc
+                if _is_conflict(exc) and attempt + 1 < _CONFLICT_RETRIES:
+                    time.sleep(0.05 * 2**attempt)
+                    continue
+                raise LakehouseError(f"failed writing {name!r} ({mode}): {exc}", table=name) from exc
+        return self._version_of_write(name, write_id)
+
+    def _commit(self, name, spec, table, *, mode, predicate, meta, app_id, app_version) -> None:
+        from deltalake import CommitProperties, Transaction, write_deltalake
+
+        txns = [Transaction(app_id=app_id, version=app_version)] if app_id else None
+        props = CommitProperties(custom_metadata=_stringify(meta), app_transactions=txns)
+        path = str(self.path(name))
+        if not self.exists(name):
+            self.path(name).parent.mkdir(parents=True, exist_ok=True)
+            write_deltalake(path, table, mode="append" if mode != "overwrite" else "overwrite",
+                            partition_by=list(spec.partition_by) or None, name=name,
+                            description=spec.description or None, commit_properties=props)
+            return
+        if mode == "append":
+            self._refuse_existing_keys(name, spec, table)
+            write_deltalake(path, table, mode="append", commit_properties=props)
+        elif mode == "overwrite":
+            write_deltalake(path, table, mode="overwrite", predicate=predicate, commit_properties=props)
+        else:
+            on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in spec.primary_key)
+            (
+                self._table(name)
+                .merge(table, predicate=on, source_alias="s", target_alias="t", commit_properties=props)
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute()
+            )
+
+    def _refuse_existing_keys(self, name: str, spec: TableSpec, table: pa.Table) -> None:
+        if not spec.primary_key or table.num_rows == 0:
+            return
+        keys = list(spec.primary_key)
+        existing = self.read(name, columns=keys)
+        clash = existing.join(table.select(keys), keys=keys, join_type="inner")
+        if clash.num_rows:
+            example = {k: clash.column(k)[0].as_py() for k in keys}
+            raise ContractViolation(
+                f"append to {name!r} would duplicate {clash.num_rows} existing primary key(s), "
+                f"for example {example}; use mode='merge' to upsert or mode='overwrite' with a "
+                "predicate to replace a partition",
+                table=name,
+                duplicates=clash.num_rows,
+            )
+
+    def _check_existing_schema(self, name: str, spec: TableSpec) -> None:
+        current = pa.schema(self._table(name).schema())
+        want = spec.arrow_schema()
+        cur = {f.name: f.type for f in current}
+        if list(cur) != want.names or any(
+            not _same_type(cur[f.name], f.type) for f in want
+        ):
+            raise ContractViolation(
+                f"table {name!r} on disk has schema {dict((k, str(v)) for k, v in cur.items())}, "
+                f"the contract declares {spec.columns}: migrate the table or fix the contract",
+                table=name,
+            )
+
+    def _version_of_write(self, name: str, write_id: str) -> int:
+        for entry in self.history(name, limit=50):
+            if entry.get("qsdk.write_id") == write_id or (
+                entry.get("userMetadata") and write_id in str(entry.get("userMetadata"))
+            ):
+                return int(entry["version"])
+        return int(self.version(name))
+
+    def restore(self, name: str, version: int, *, metadata: Mapping[str, Any] | None = None) -> int:
+        from deltalake import CommitProperties
+
+        dt = self._table(name)
+        try:
+            dt.restore(version, commit_properties=CommitProperties(custom_metadata=_stringify(metadata or {})))
+        except Exception as exc:
+            raise LakehouseError(f"failed restoring {name!r} to version {version}: {exc}", table=name) from exc
+        return self.version(name)
+
+
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    if a == b:
+        return True
+    strings = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+    if any(f(a) for f in strings) and any(f(b) for f in strings):
+        return True
+    return pa.types.is_timestamp(a) and pa.types.is_timestamp(b) and a.tz == b.tz
+
+
+def _q(column: str) -> str:
+    return f"`{column}`"
+
+
+def _stringify(meta: Mapping[str, Any]) -> dict[str, str]:
+    return {str(k): v if isinstance(v, str) else __import__("json").dumps(v, default=str) for k, v in meta.items()}
+
+
+def _is_conflict(exc: Exception) -> bool:
+    from deltalake.exceptions import CommitFailedError
+
+    text = str(exc).lower()
+    return isinstance(exc, CommitFailedError) or "conflict" in text or "concurrent" in text
+
+
+_OPS = {
+    "=": pc.equal, "==": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal,
+    ">": pc.greater, ">=": pc.greater_equal,
+}
+
+
+def _expression(filters: Filters, schema: pa.Schema):
+    """AND of ``(column, op, value)`` filters as a pushed-down Arrow expression.
+
+    Values are cast to the column's stored type, so ``('date', '>=', '2020-01-01')`` works on a
+    date column and a plain ``str`` works on a ``string_view`` column.
+    """
+    if not filters:
+        return None
+    expr = None
+    for item in filters:
+        if not (isinstance(item, tuple | list) and len(item) == 3):
+            raise ContractViolation(
+                f"filter {item!r} is not (column, op, value); e.g. ('date', '>=', '2020-01-01')"
+            )
+        column, op, value = item
+        if column not in schema.names:
+            raise ContractViolation(f"filter on unknown column {column!r}; columns: {schema.names}")
+        typ = schema.field(column).type
+        field = pc.field(column)
+        if op in ("in", "not in"):
+            values = pa.array([_cast_value(v, typ) for v in value], type=typ)
+            term = field.isin(values)
+            term = ~term if op == "not in" else term
+        elif op in _OPS:
+            term = _OPS[op](field, _cast_value(value, typ))
+        else:
+            raise ContractViolation(f"unknown filter operator {op!r}; use one of {[*_OPS, 'in', 'not in']}")
+        expr = term if expr is None else expr & term
+    return expr
+
+
+def _cast_value(value: Any, typ: pa.DataType) -> pa.Scalar:
+    if pa.types.is_date(typ) and isinstance(value, str):
+        import datetime as _dt
+
+        value = _dt.date.fromisoformat(value)
+    return pa.scalar(value).cast(typ)
+
+
+def count_rows(table: pa.Table, column: str, value: Any) -> int:
+    return int(pc.sum(pc.equal(table.column(column), value)).as_py() or 0)

@@ -1,0 +1,335 @@
+"""Typed stage parameters, read from a notebook's papermill ``parameters`` cell.
+
+A parameters cell is plain Python assignments, optionally annotated, with an optional
+trailing comment as help text::
+
+    start: "date" = "2010-01-01"   # first session to ingest
+    end: "date"                    # required: no default
+    universe: list[str] = ["AAPL", "MSFT"]
+    frequency: Literal["month", "year"] = "year"
+    min_rows = 100                 # type inferred from the default: int
+
+We parse the cell with :mod:`ast` rather than ``papermill.inspect_notebook``: papermill's
+regex inference glues an annotation-only line (a required parameter) to the previous
+default and drops ``Literal`` choices. Values are validated and coerced here, before any
+kernel starts; only declared names ever reach papermill (it writes names into code as-is).
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import io
+import json
+import re
+import tokenize
+from dataclasses import dataclass, field
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any, Literal
+
+import nbformat
+
+from qsdk.errors import ParameterError, RegistryError
+
+Kind = Literal["str", "int", "float", "bool", "date", "list", "any"]
+_SCALARS = {"str", "int", "float", "bool", "date"}
+_MISSING = object()
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class ParamType:
+    kind: Kind
+    item: ParamType | None = None  # for lists
+    choices: tuple[Any, ...] | None = None  # for Literal[...]
+    optional: bool = False  # ``X | None`` / ``Optional[X]``
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        elif self.kind == "list":
+            text = f"list[{self.item.describe() if self.item else 'any'}]"
+        elif self.kind == "date":
+            text = "date (YYYY-MM-DD)"
+        else:
+            text = self.kind
+        return f"{text} or None" if self.optional else text
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    type: ParamType
+    default: Any = field(default=_MISSING, compare=False)
+    help: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type.describe(),
+            "kind": self.type.kind,
+            "choices": list(self.type.choices) if self.type.choices is not None else None,
+            "required": self.required,
+            "default": None if self.required else self.default,
+            "help": self.help,
+        }
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parameters_cell(nb: nbformat.NotebookNode) -> tuple[int, str] | None:
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            return index, cell.source
+    return None
+
+
+def read_parameters(notebook: str | Path) -> dict[str, ParamSpec]:
+    """The declared parameters of ``notebook`` (error if it has no ``parameters`` cell)."""
+    path = Path(notebook)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"cannot read notebook {path}: {exc}") from exc
+    found = parameters_cell(nb)
+    if found is None:
+        raise RegistryError(
+            f"{path} has no parameters cell: tag one code cell 'parameters' "
+            "(JupyterLab: property inspector > Cell tags)"
+        )
+    return parse_parameters_source(found[1], origin=str(path))
+
+
+def parse_parameters_source(source: str, *, origin: str = "<parameters>") -> dict[str, ParamSpec]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise RegistryError(f"{origin}: parameters cell is not valid Python: {exc}") from exc
+    comments = _line_comments(source)
+    specs: dict[str, ParamSpec] = {}
+    for node in tree.body:
+        spec = _spec_from_node(node, comments, origin)
+        if spec is not None:
+            specs[spec.name] = spec
+    return specs
+
+
+def _line_comments(source: str) -> dict[int, str]:
+    out: dict[int, str] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                out[tok.start[0]] = tok.string.lstrip("#").strip()
+    except tokenize.TokenError:
+        pass
+    return out
+
+
+def _spec_from_node(node: ast.stmt, comments: dict[int, str], origin: str) -> ParamSpec | None:
+    if isinstance(node, ast.Import | ast.ImportFrom | ast.Expr):
+        return None  # imports and docstrings are allowed in the cell
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        name, annotation, value = node.target.id, node.annotation, node.value
+    elif (
+        isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+    ):
+        name, annotation, value = node.targets[0].id, None, node.value
+    else:
+        raise RegistryError(
+            f"{origin}: line {node.lineno} of the parameters cell is not a simple "
+            "`name: type = value` assignment; keep only parameters in that cell"
+        )
+    default: Any = _MISSING
+    if value is not None:
+        try:
+            default = ast.literal_eval(value)
+        except ValueError as exc:
+            raise RegistryError(
+                f"{origin}: default of parameter {name!r} must be a literal (number, string, "
+                f"list, bool, None), got `{ast.unparse(value)}`"
+            ) from exc
+    ptype = _type_from_annotation(annotation, origin, name) if annotation else _infer(default)
+    if default is not _MISSING and default is not None:
+        default = coerce(ParamSpec(name, ptype), default, stage=origin)
+    elif default is None and not ptype.optional and annotation is not None:
+        ptype = ParamType(ptype.kind, ptype.item, ptype.choices, optional=True)
+    return ParamSpec(name, ptype, default, comments.get(node.lineno, ""))
+
+
+def _infer(default: Any) -> ParamType:
+    if default is _MISSING or default is None:
+        return ParamType("any", optional=True)
+    for kind, types in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if isinstance(default, types):
+            return ParamType(kind)  # type: ignore[arg-type]
+    if isinstance(default, list | tuple):
+        items = {_infer(v).kind for v in default}
+        return ParamType("list", ParamType(items.pop()) if len(items) == 1 else None)
+    return ParamType("any")
+
+
+def _type_from_annotation(node: ast.expr, origin: str, name: str) -> ParamType:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):  # "date"
+        node = ast.parse(node.value, mode="eval").body
+    if isinstance(node, ast.Name) and node.id in _SCALARS | {"list", "Any"}:
+        return ParamType("any" if node.id == "Any" else node.id)  # type: ignore[arg-type]
+    if isinstance(node, ast.Attribute) and node.attr == "date":  # datetime.date
+        return ParamType("date")
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        parts = [node.left, node.right]
+        if any(isinstance(p, ast.Constant) and p.value is None for p in parts):
+            inner = next(p for p in parts if not (isinstance(p, ast.Constant) and p.value is None))
+            base = _type_from_annotation(inner, origin, name)
+            return ParamType(base.kind, base.item, base.choices, optional=True)
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+        head, arg = node.value.id, node.slice
+        if head in {"list", "List"}:
+            return ParamType("list", _type_from_annotation(arg, origin, name))
+        if head == "Optional":
+            base = _type_from_annotation(arg, origin, name)
+            return ParamType(base.kind, base.item, base.choices, optional=True)
+        if head == "Literal":
+            elts = arg.elts if isinstance(arg, ast.Tuple) else [arg]
+            choices = tuple(ast.literal_eval(e) for e in elts)
+            return ParamType(_infer(choices[0]).kind, choices=choices)
+    raise RegistryError(
+        f"{origin}: parameter {name!r} has unsupported annotation `{ast.unparse(node)}`; use "
+        "str, int, float, bool, \"date\", list[...], Literal[...] or X | None"
+    )
+
+
+# ---------------------------------------------------------------- validation
+
+
+def coerce(spec: ParamSpec, value: Any, *, stage: str) -> Any:
+    """Return ``value`` converted to ``spec``'s type, or raise :class:`ParameterError`."""
+    try:
+        return _coerce(spec.type, value)
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(
+            f"stage {stage!r}, parameter {spec.name!r}: expected {spec.type.describe()}, "
+            f"got {_short(value)} ({exc})",
+            stage=stage,
+            parameter=spec.name,
+            expected=spec.type.describe(),
+        ) from None
+
+
+def _coerce(ptype: ParamType, value: Any) -> Any:
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"none", "null"}):
+        if ptype.optional:
+            return None
+        raise ValueError("a value is required")
+    converted = _coerce_kind(ptype, value)
+    if ptype.choices is not None and converted not in ptype.choices:
+        raise ValueError("not one of the allowed choices")
+    return converted
+
+
+def _coerce_kind(ptype: ParamType, value: Any) -> Any:
+    kind = ptype.kind
+    if kind == "any":
+        json.dumps(value)  # only plain data may pass through
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise TypeError("not a string")
+        return value
+    if kind == "bool":
+        return _to_bool(value)
+    if kind == "int":
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise TypeError("not an integer")
+        return int(value.strip() if isinstance(value, str) else value)
+    if kind == "float":
+        if isinstance(value, bool):
+            raise TypeError("not a number")
+        return float(value)
+    if kind == "date":
+        if isinstance(value, dt.datetime):
+            value = value.date()
+        if isinstance(value, dt.date):
+            return value.isoformat()
+        if not isinstance(value, str):
+            raise TypeError("not a date")
+        return dt.date.fromisoformat(value.strip()).isoformat()
+    if kind == "list":
+        items = _to_list(value)
+        return [_coerce(ptype.item, v) if ptype.item else v for v in items]
+    raise TypeError(f"unknown kind {kind}")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "1", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"false", "0", "no", "off"}:
+        return False
+    raise TypeError("not a boolean (true/false)")
+
+
+def _to_list(value: Any) -> list[Any]:
+    if isinstance(value, list | tuple):
+        return list(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            parsed = json.loads(text)
+            if not isinstance(parsed, list):
+                raise TypeError("not a list")
+            return parsed
+        return [part.strip() for part in text.split(",") if part.strip()]
+    raise TypeError("not a list")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def validate(
+    specs: dict[str, ParamSpec], values: dict[str, Any], *, stage: str
+) -> dict[str, Any]:
+    """Check ``values`` against ``specs``; return the full, coerced parameter set.
+
+    Unknown names and missing required values are errors. Defaults fill in the rest.
+    """
+    for name in values:
+        if name not in specs:
+            hint = get_close_matches(name, specs, n=1)
+            known = ", ".join(sorted(specs)) or "(none)"
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ParameterError(
+                f"stage {stage!r} has no parameter {_short(name)}{suggestion} (declared: {known})",
+                stage=stage,
+                parameter=name,
+            )
+    resolved: dict[str, Any] = {}
+    for name, spec in specs.items():
+        if name in values:
+            resolved[name] = coerce(spec, values[name], stage=stage)
+        elif spec.required:
+            raise ParameterError(
+                f"stage {stage!r}: parameter {name!r} is required ({spec.type.describe()}); "
+                f"pass it with -p {name}=...",
+                stage=stage,
+                parameter=name,
+            )
+        else:
+            resolved[name] = spec.default
+    return resolved
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ParameterError(f"{_short(name)} is not a valid parameter name", parameter=name)
+    return name

@@ -1,0 +1,147 @@
+"""Exchange trading calendars and date partitions.
+
+Sessions come from :mod:`exchange_calendars`. A *session* is a trading day, represented as a
+tz-naive, midnight-normalized ``datetime64[ns]`` timestamp (the exchange-local date).
+
+Calendars are built with an explicit early start (``1990-01-01``) because the
+``exchange_calendars`` default only reaches back about 20 years; calendar objects are cached.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import exchange_calendars as xcals
+import pandas as pd
+
+CALENDAR_START = "1990-01-01"
+
+DateLike = str | dt.date | dt.datetime | pd.Timestamp
+
+
+@functools.lru_cache(maxsize=16)
+def get_calendar(name: str = "XNYS") -> xcals.ExchangeCalendar:
+    """Return the (cached) ``exchange_calendars`` calendar ``name`` starting at 1990-01-01."""
+    try:
+        with warnings.catch_warnings():
+            # exchange_calendars trips a pandas>=3.1 deprecation internally; not actionable here.
+            warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
+            return xcals.get_calendar(name, start=CALENDAR_START)
+    except xcals.errors.InvalidCalendarName as exc:
+        raise ValueError(
+            f"Unknown exchange calendar {name!r}; use an ISO MIC code such as 'XNYS' "
+            f"(see exchange_calendars.get_calendar_names())."
+        ) from exc
+
+
+def _to_day(value: DateLike, *, what: str) -> pd.Timestamp:
+    """Parse ``value`` into a tz-naive midnight ``pd.Timestamp`` (ns); raise ValueError if invalid."""
+    try:
+        ts = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what}={value!r} is not a valid date; pass e.g. '2020-01-31'.") from exc
+    if ts is pd.NaT:
+        raise ValueError(f"{what} is missing (NaT); pass a concrete date such as '2020-01-31'.")
+    if ts.tzinfo is not None:
+        ts = ts.tz_localize(None)
+    return ts.normalize().as_unit("ns")
+
+
+def _check_bounds(cal: xcals.ExchangeCalendar, first: pd.Timestamp, last: pd.Timestamp) -> None:
+    lo, hi = cal.first_session, cal.last_session
+    if first < lo or last > hi:
+        raise ValueError(
+            f"Dates {first.date()}..{last.date()} fall outside calendar {cal.name} bounds "
+            f"{lo.date()}..{hi.date()}; restrict the date range to those bounds."
+        )
+
+
+def sessions(start: DateLike, end: DateLike, *, calendar: str = "XNYS") -> pd.DatetimeIndex:
+    """Trading sessions in ``[start, end]`` (both inclusive) as tz-naive ``datetime64[ns]`` dates.
+
+    Raises ValueError if ``start > end`` or the range leaves the calendar's bounds.
+    """
+    first, last = _to_day(start, what="start"), _to_day(end, what="end")
+    if first > last:
+        raise ValueError(f"start ({first.date()}) is after end ({last.date()}); swap them.")
+    cal = get_calendar(calendar)
+    _check_bounds(cal, first, last)
+    out = cal.sessions_in_range(first, last)
+    if out.tz is not None:
+        out = out.tz_localize(None)
+    # Rebuild from raw values to drop the calendar's custom business-day ``freq``.
+    return pd.DatetimeIndex(out.as_unit("ns").to_numpy())
+
+
+def is_session(date: DateLike, *, calendar: str = "XNYS") -> bool:
+    """True if ``date`` (time of day ignored) is a trading session of ``calendar``."""
+    day = _to_day(date, what="date")
+    cal = get_calendar(calendar)
+    _check_bounds(cal, day, day)
+    return bool(cal.is_session(day))
+
+
+@dataclass(frozen=True)
+class CalendarReport:
+    """Result of :func:`validate_dates`.
+
+    ``non_sessions``: distinct given dates that are not trading sessions (weekends, holidays).
+    ``missing_sessions``: sessions between the min and max given date that are absent.
+    """
+
+    non_sessions: pd.DatetimeIndex
+    missing_sessions: pd.DatetimeIndex
+
+    @property
+    def ok(self) -> bool:
+        """True when there are neither non-sessions nor missing sessions."""
+        return len(self.non_sessions) == 0 and len(self.missing_sessions) == 0
+
+
+def validate_dates(dates: Iterable[DateLike], *, calendar: str = "XNYS") -> CalendarReport:
+    """Compare ``dates`` with the calendar's sessions (duplicates and time of day are ignored)."""
+    idx = pd.DatetimeIndex(pd.to_datetime(pd.Index(list(dates)), errors="raise"))
+    if idx.hasnans:
+        raise ValueError("dates contains missing values (NaT); drop them before validating.")
+    if idx.tz is not None:
+        idx = idx.tz_localize(None)
+    days = pd.DatetimeIndex(idx.normalize().unique()).sort_values().as_unit("ns")
+    if len(days) == 0:
+        empty = pd.DatetimeIndex([], dtype="datetime64[ns]")
+        return CalendarReport(non_sessions=empty, missing_sessions=empty)
+    expected = sessions(days[0], days[-1], calendar=calendar)
+    return CalendarReport(
+        non_sessions=pd.DatetimeIndex(days.difference(expected).to_numpy()),
+        missing_sessions=pd.DatetimeIndex(expected.difference(days).to_numpy()),
+    )
+
+
+def _partitions(start: DateLike, end: DateLike, *, freq: str) -> list[tuple[dt.date, dt.date]]:
+    first, last = _to_day(start, what="start"), _to_day(end, what="end")
+    if first > last:
+        raise ValueError(f"start ({first.date()}) is after end ({last.date()}); swap them.")
+    period_starts = pd.period_range(first, last, freq=freq)
+    out = []
+    for period in period_starts:
+        lo = max(period.start_time.normalize(), first)
+        hi = min(period.end_time.normalize(), last)
+        out.append((lo.date(), hi.date()))
+    return out
+
+
+def month_partitions(start: DateLike, end: DateLike) -> list[tuple[dt.date, dt.date]]:
+    """Calendar months tiling ``[start, end]`` inclusively, first/last clipped to the range.
+
+    Example: ``month_partitions("2020-01-15", "2020-03-02")`` ->
+    ``[(2020-01-15, 2020-01-31), (2020-02-01, 2020-02-29), (2020-03-01, 2020-03-02)]``.
+    """
+    return _partitions(start, end, freq="M")
+
+
+def year_partitions(start: DateLike, end: DateLike) -> list[tuple[dt.date, dt.date]]:
+    """Calendar years tiling ``[start, end]`` inclusively, first/last clipped to the range."""
+    return _partitions(start, end, freq="Y")

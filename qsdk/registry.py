@@ -1,0 +1,203 @@
+"""The stage registry: ``pipelines/*.yaml`` -> tables, stages and flows, validated on load.
+
+Each YAML file may hold any of three top-level keys::
+
+    tables:  {layer.name: {columns: {col: type}, primary_key: [...], partition_by: [...]}}
+    stages:  {name: {notebook: path, inputs: [...], outputs: [...], parameters: {...},
+                     partition: {by: year|month, start: start, end: end},
+                     timeout: seconds, retries: n, resources: {num_cpus: 1, memory: bytes}}}
+    flows:   {name: {stages: [...], parameters: {...}, description: ...}}
+
+Errors found here (unknown table, missing notebook, a table written by two stages, a cycle)
+are raised when the registry loads, before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qsdk import params as P
+from qsdk.config import Config
+from qsdk.errors import RegistryError, UnknownNameError
+from qsdk.flow import Flow
+from qsdk.lakehouse.contract import TableSpec
+from qsdk.stage import PartitionSpec, Stage
+
+_STAGE_KEYS = {"notebook", "inputs", "outputs", "parameters", "partition", "description",
+               "timeout", "retries", "resources"}
+_FLOW_KEYS = {"stages", "parameters", "description"}
+
+
+@dataclass(frozen=True)
+class Registry:
+    tables: dict[str, TableSpec]
+    stages: dict[str, Stage]
+    flows: dict[str, Flow]
+    root: Path
+
+    @classmethod
+    def load(cls, config: Config | None = None) -> Registry:
+        config = config or Config.load()
+        raw = _read_yaml_files(config.pipelines_dir)
+        tables = {name: _table(name, spec, origin) for name, (spec, origin) in raw["tables"].items()}
+        stages = {
+            name: _stage(name, spec, origin, tables, config.project_root)
+            for name, (spec, origin) in raw["stages"].items()
+        }
+        _check_single_writer(stages)
+        flows = {name: _flow(name, spec, origin, stages) for name, (spec, origin) in raw["flows"].items()}
+        return cls(tables=tables, stages=stages, flows=flows, root=config.project_root)
+
+    def flow(self, name: str) -> Flow:
+        return _lookup(self.flows, name, "flow")
+
+    def stage(self, name: str) -> Stage:
+        return _lookup(self.stages, name, "stage")
+
+    def table(self, name: str) -> TableSpec:
+        return _lookup(self.tables, name, "table")
+
+    def writer_of(self, table: str) -> Stage | None:
+        return next((s for s in self.stages.values() if table in s.outputs), None)
+
+
+def _lookup(mapping: dict[str, Any], name: str, kind: str) -> Any:
+    try:
+        return mapping[name]
+    except KeyError:
+        known = ", ".join(sorted(mapping)) or "(none)"
+        raise UnknownNameError(f"unknown {kind} {name!r}; known {kind}s: {known}", known=sorted(mapping)) from None
+
+
+def _read_yaml_files(folder: Path) -> dict[str, dict[str, tuple[Any, str]]]:
+    found: dict[str, dict[str, tuple[Any, str]]] = {"tables": {}, "stages": {}, "flows": {}}
+    files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    if not files:
+        raise RegistryError(f"no registry files (*.yaml) in {folder}")
+    for path in files:
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise RegistryError(f"{path}: invalid YAML: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise RegistryError(f"{path}: expected a mapping with tables/stages/flows")
+        unknown = set(doc) - set(found)
+        if unknown:
+            raise RegistryError(f"{path}: unknown top-level key(s) {sorted(unknown)}; use tables, stages, flows")
+        for section, entries in doc.items():
+            for name, spec in (entries or {}).items():
+                if name in found[section]:
+                    raise RegistryError(
+                        f"{section[:-1]} {name!r} is declared twice: in {found[section][name][1]} and {path.name}"
+                    )
+                found[section][name] = (spec or {}, path.name)
+    return found
+
+
+def _table(name: str, spec: dict[str, Any], origin: str) -> TableSpec:
+    try:
+        return TableSpec(
+            name=name,
+            columns={str(k): str(v) for k, v in (spec.get("columns") or {}).items()},
+            primary_key=tuple(spec.get("primary_key") or ()),
+            partition_by=tuple(spec.get("partition_by") or ()),
+            description=str(spec.get("description") or ""),
+        )
+    except RegistryError as exc:
+        raise RegistryError(f"{origin}: {exc}") from None
+    except Exception as exc:  # TableNameError and friends
+        raise RegistryError(f"{origin}: table {name!r}: {exc}") from None
+
+
+def _stage(name: str, spec: dict[str, Any], origin: str, tables: dict[str, TableSpec], root: Path) -> Stage:
+    where = f"{origin}: stage {name!r}"
+    unknown = set(spec) - _STAGE_KEYS
+    if unknown:
+        raise RegistryError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_STAGE_KEYS)}")
+    if "notebook" not in spec:
+        raise RegistryError(f"{where}: missing 'notebook:'")
+    notebook = (root / spec["notebook"]).resolve()
+    if not notebook.is_file():
+        raise RegistryError(f"{where}: notebook {spec['notebook']} does not exist (looked in {notebook})")
+    io: dict[str, tuple[str, ...]] = {}
+    for key in ("inputs", "outputs"):
+        names = tuple(spec.get(key) or ())
+        for table in names:
+            if table not in tables:
+                raise RegistryError(
+                    f"{where}: {key[:-1]} table {table!r} is not declared under tables:; "
+                    f"known: {', '.join(sorted(tables)) or '(none)'}"
+                )
+        io[key] = names
+    part = spec.get("partition")
+    partition = None
+    if part:
+        by = part.get("by") if isinstance(part, dict) else part
+        if by not in ("year", "month"):
+            raise RegistryError(f"{where}: partition.by must be 'year' or 'month', got {by!r}")
+        partition = PartitionSpec(by=by, start=part.get("start", "start"), end=part.get("end", "end")) \
+            if isinstance(part, dict) else PartitionSpec(by=by)
+    declared = P.read_parameters(notebook)
+    defaults = dict(spec.get("parameters") or {})
+    for key, value in defaults.items():
+        if key not in declared:
+            raise RegistryError(
+                f"{where}: parameters: {key!r} is not declared in the parameters cell of "
+                f"{notebook.name} (declared: {', '.join(declared) or '(none)'})"
+            )
+        try:
+            P.coerce(declared[key], value, stage=name)
+        except Exception as exc:
+            raise RegistryError(f"{where}: parameters: {exc}") from None
+    stage = Stage(
+        name=name,
+        notebook=notebook,
+        inputs=io["inputs"],
+        outputs=io["outputs"],
+        params=declared,
+        defaults=defaults,
+        partition=partition,
+        description=str(spec.get("description") or ""),
+        timeout=float(spec["timeout"]) if spec.get("timeout") else None,
+        retries=int(spec.get("retries") or 0),
+        resources=dict(spec.get("resources") or {}),
+    )
+    stage.check_partition_params()
+    return stage
+
+
+def _check_single_writer(stages: dict[str, Stage]) -> None:
+    writers: dict[str, str] = {}
+    for stage in stages.values():
+        for table in stage.outputs:
+            if table in writers:
+                raise RegistryError(
+                    f"table {table!r} is written by two stages, {writers[table]!r} and {stage.name!r}: "
+                    "each table has exactly one writer"
+                )
+            writers[table] = stage.name
+
+
+def _flow(name: str, spec: dict[str, Any], origin: str, stages: dict[str, Stage]) -> Flow:
+    where = f"{origin}: flow {name!r}"
+    unknown = set(spec) - _FLOW_KEYS
+    if unknown:
+        raise RegistryError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_FLOW_KEYS)}")
+    members = []
+    for stage_name in spec.get("stages") or ():
+        if stage_name not in stages:
+            raise RegistryError(f"{where}: unknown stage {stage_name!r}; known: {', '.join(sorted(stages))}")
+        members.append(stages[stage_name])
+    if not members:
+        raise RegistryError(f"{where}: lists no stages")
+    defaults = dict(spec.get("parameters") or {})
+    flow = Flow(name=name, stages=tuple(members), description=str(spec.get("description") or ""),
+                defaults=defaults)
+    undeclared = set(defaults) - flow.parameter_names()
+    if undeclared:
+        raise RegistryError(f"{where}: parameters {sorted(undeclared)} are declared by none of its stages")
+    return flow
