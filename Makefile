@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 FLOWS  := $(shell sed -n 's/^  \([a-z_][a-z0-9_]*\):$$/\1/p' pipelines/*.yaml 2>/dev/null)
 
-.PHONY: install test test-fast lint bench lab clean flow-%
+.PHONY: install test test-fast test-reliability lint bench lab clean flow-% mlflow-ui snapshot dvc-sync
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,14 +24,46 @@ flow-%: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+## make test-reliability: tests/reliability, then its long variants (more and wider races, a bigger
+## full disk; needs root for the tmpfs, as `make test` does)
+test-reliability: $(STAMP)
+	$(PY) -m pytest -q tests/reliability $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m reliability_long tests/reliability $(PYTEST_ARGS)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check qsdk tests bench
+	$(VENV)/bin/ruff check qsdk tests bench notebooks
 
 bench: $(STAMP)
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
+## make lab: JupyterLab on 127.0.0.1 with the project's kernel (the venv's python3, preferred over
+## user kernelspecs); token auth always on (a fresh token, or LAB_TOKEN=...): open the printed URL
+LAB_TOKEN ?= $(shell $(PYTHON) -c 'import secrets; print(secrets.token_hex(24))')
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser
+	JUPYTER_PREFER_ENV_PATH=1 $(VENV)/bin/jupyter lab --no-browser --ServerApp.ip=127.0.0.1 \
+		--ServerApp.root_dir=$(CURDIR) --IdentityProvider.token=$(LAB_TOKEN) \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
+
+## make mlflow-ui [MLFLOW_PORT=5000]: the MLflow UI on localhost over the project's tracking store
+MLFLOW_PORT ?= 5000
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
+		--backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts
+
+## make snapshot NAME=gold [TABLES="silver.prices ..."]: freeze tables into a DVC-tracked golden
+## snapshot (snapshots/NAME.dvc; needs `dvc init` once) and push it to the default DVC remote
+snapshot: $(STAMP)
+	@test -n "$(NAME)" || { echo 'usage: make snapshot NAME=... [TABLES="layer.table ..."]' >&2; exit 2; }
+	$(QSDK) snapshot create $(NAME) $(TABLES)
+
+## make dvc-sync: regenerate dvc.yaml (and seed params.yaml) from pipelines/ after a registry change
+dvc-sync: $(STAMP)
+	$(QSDK) dvc sync
 
 clean:
 	rm -rf runs lakehouse .pytest_cache
+
+## re-execute the notebooks under notebooks/ and save their outputs (after an intended change)
+regen-notebooks: $(STAMP)
+	-QSDK_REGEN_NOTEBOOKS=1 $(PY) -m pytest -q -m notebooks tests/integration/test_notebooks.py
+	$(PY) -m pytest -q -m notebooks tests/integration/test_notebooks.py

@@ -22,7 +22,9 @@ from qsdk.errors import (
 
 if TYPE_CHECKING:
     from qsdk.lakehouse.loader import DataLoader, between, write_table
+    from qsdk.sandbox import promote
     from qsdk.sdk import QuantSDK
+    from qsdk.tracking import log_figure, log_metric
 
 __version__ = "0.1.0"
 
@@ -31,6 +33,9 @@ _LAZY = {
     "DataLoader": ("qsdk.lakehouse.loader", "DataLoader"),
     "write_table": ("qsdk.lakehouse.loader", "write_table"),
     "between": ("qsdk.lakehouse.loader", "between"),
+    "promote": ("qsdk.sandbox", "promote"),
+    "log_metric": ("qsdk.tracking", "log_metric"),
+    "log_figure": ("qsdk.tracking", "log_figure"),
 }
 
 
@@ -41,6 +46,19 @@ def __getattr__(name: str) -> Any:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'qsdk' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext qsdk``: the ``%qsdk`` / ``%%qsdk`` magics (see :mod:`qsdk.magics`)."""
+    from qsdk.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from qsdk.magics import unload_ipython_extension as unload
+
+    unload(ipython)
 
 
 __all__ = [
@@ -55,5 +73,10 @@ __all__ = [
     "RegistryError",
     "StageFailed",
     "between",
+    "load_ipython_extension",
+    "log_figure",
+    "log_metric",
+    "promote",
+    "unload_ipython_extension",
     "write_table",
 ]

@@ -17,13 +17,9 @@ from qsdk.errors import FlowFailed, QsdkError
 
 
 def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise QsdkError(f"parameter {pair!r} is not KEY=VALUE (for example -p start=2010-01-01)")
-        out[key.strip()] = value
-    return out
+    from qsdk.params import parse_pairs
+
+    return parse_pairs(list(pairs))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,19 +32,74 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("flow")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="a parameter for every stage that declares KEY, or STAGE.KEY=VALUE for one")
-    run.add_argument("--executor", default="local", help="local (default) or ray")
+    run.add_argument("--executor", default="ray",
+                     help="ray (default: partitions in parallel) or local (sequential, in this process)")
+    run.add_argument("--ray-address", metavar="ADDR",
+                     help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
     run.add_argument("--only", action="append", default=[], metavar="STAGE", help="run only this stage")
     run.add_argument("--from", dest="from_", action="append", default=[], metavar="STAGE",
                      help="run this stage and everything downstream of it")
     run.add_argument("--json", action="store_true", help="print one JSON object with the run's result")
+    run.add_argument("--force", nargs="?", const="*", action="append", default=[], metavar="STAGE",
+                     help="re-run even when cached: every stage, or only STAGE (repeatable)")
+    run.add_argument("--no-cache", dest="cache", action="store_false",
+                     help="neither skip cached tasks nor record new ones")
+    run.add_argument("--no-track", dest="track", action="store_false",
+                     help="do not record the run in MLflow (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
 
     sub.add_parser("list", help="list flows and their stages").add_argument("--json", action="store_true")
     show = sub.add_parser("show", help="show a flow's stages, tables and parameters")
     show.add_argument("flow")
     show.add_argument("--json", action="store_true")
+    status = sub.add_parser("status", help="per stage and partition: cached, stale (and why), or never run")
+    status.add_argument("flow")
+    status.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    status.add_argument("--json", action="store_true")
     tables = sub.add_parser("tables", help="list lakehouse tables with version and row count")
     tables.add_argument("--json", action="store_true")
+    features = sub.add_parser("features", help="list feature views: table, times, ttl, features")
+    features.add_argument("--json", action="store_true")
+    lineage = sub.add_parser("lineage", help="which run and stage wrote a table version, from which inputs")
+    lineage.add_argument("table")
+    lineage.add_argument("--version", type=int, help="table version (default: the latest)")
+    lineage.add_argument("--json", action="store_true")
+    repro = sub.add_parser("reproduce", help="re-run a tracked run on its recorded input versions and compare")
+    repro.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a flow, stage or partition run")
+    repro.add_argument("--check", action="store_true", help="exit 1 when an output differs")
+    repro.add_argument("--executor", default="local", help="local (default) or ray")
+    repro.add_argument("--json", action="store_true")
+    _add_versioning(sub)
     return parser
+
+
+def _add_versioning(sub: Any) -> None:
+    dvc = sub.add_parser("dvc", help="dvc.yaml in step with the registry").add_subparsers(
+        dest="dvc_command", required=True)
+    sync = dvc.add_parser("sync", help="write dvc.yaml (and seed params.yaml) from pipelines/")
+    sync.add_argument("--check", action="store_true", help="write nothing; exit 1 when out of step")
+    dvc_run = dvc.add_parser("run", help="run one stage of a flow and write its DVC marker (dvc.yaml's cmd)")
+    dvc_run.add_argument("flow")
+    dvc_run.add_argument("stage")
+    dvc_run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    dvc_run.add_argument("--no-track", dest="track", action="store_false", help="do not record in MLflow")
+    snap = sub.add_parser("snapshot", help="golden snapshots of tables, tracked by DVC").add_subparsers(
+        dest="snapshot_command", required=True)
+    create = snap.add_parser("create", help="freeze tables (default: all that exist) into snapshots/NAME")
+    create.add_argument("name")
+    create.add_argument("tables", nargs="*", metavar="TABLE")
+    create.add_argument("--no-push", dest="push", action="store_false", help="do not dvc push")
+    create.add_argument("--json", action="store_true")
+    snap.add_parser("list", help="snapshots with their tables, versions and DVC hash").add_argument(
+        "--json", action="store_true")
+    restore = snap.add_parser("restore", help="write a snapshot's rows back (as new Delta versions)")
+    restore.add_argument("name")
+    restore.add_argument("tables", nargs="*", metavar="TABLE")
+    restore.add_argument("--force", action="store_true", help="also overwrite tables changed since the snapshot")
+    restore.add_argument("--json", action="store_true")
+    diff = snap.add_parser("diff", help="row counts and schema per table between two snapshots")
+    diff.add_argument("a")
+    diff.add_argument("b")
+    diff.add_argument("--json", action="store_true")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,7 +123,9 @@ def _sdk(args: argparse.Namespace):
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    handler = {"run": _run, "list": _list, "show": _show, "tables": _tables}[args.command]
+    handler = {"run": _run, "list": _list, "show": _show, "tables": _tables, "lineage": _lineage,
+               "reproduce": _reproduce, "status": _status, "dvc": _dvc, "snapshot": _snapshot,
+               "features": _features}[args.command]
     return handler(args)
 
 
@@ -82,7 +135,10 @@ def _run(args: argparse.Namespace) -> int:
     sdk = _sdk(args)
     hooks = [] if args.json else [ConsoleProgress()]
     result = sdk.run_pipeline(args.flow, params=_parse_params(args.param), executor=args.executor,
-                              only=args.only, from_=args.from_, hooks=hooks, raise_on_failure=False)
+                              ray_address=args.ray_address, only=args.only, from_=args.from_, hooks=hooks,
+                              raise_on_failure=False,
+                              cache=args.cache, force=True if "*" in args.force else args.force,
+                              track=args.track)
     if args.json:
         print(json.dumps(result.to_dict(), default=str))
     if result.status != "succeeded":
@@ -141,6 +197,111 @@ def _tables(args: argparse.Namespace) -> int:
         version = "-" if i.version is None else i.version
         rows = "-" if i.rows is None else i.rows
         print(f"{i.name:<28} version {version!s:<6} rows {rows}")
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from qsdk.featurestore import describe
+
+    rows = describe(_sdk(args).registry.features)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        ttl = f", ttl {row['ttl']}" if row["ttl"] else ""
+        print(f"{row['name']:<16} {row['table']:<28} {row['entity']} @ {row['event_time']}, "
+              f"known {row['known_time']}{ttl}")
+        print(f"{'':<16} {', '.join(row['features'])}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    rows = _sdk(args).status(args.flow, params=_parse_params(args.param))
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows]))
+        return 0
+    for r in rows:
+        where = r.stage if r.partition is None else f"{r.stage}[{r.partition}]"
+        why = f"  ({'; '.join(r.reasons)})" if r.state == "stale" else ""
+        print(f"{r.state:<7} {where}{why}")
+    return 0
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    from qsdk.lineage import table_lineage
+
+    lineage = table_lineage(_sdk(args).lakehouse, args.table, version=args.version)
+    print(json.dumps(lineage.to_dict()) if args.json else lineage.describe())
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from qsdk.reproduce import reproduce
+
+    sdk = _sdk(args)
+    report = reproduce(args.run_id, config=sdk.config, registry=sdk.registry, executor=args.executor)
+    print(json.dumps(report.to_dict(), default=str) if args.json else report.describe())
+    if report.result.status != "succeeded":
+        print(f"qsdk: the reproduction of {args.run_id} failed (run {report.result.run_id})", file=sys.stderr)
+        return 1
+    if not report.identical:
+        print(f"qsdk: the reproduction of {args.run_id} differs from the original", file=sys.stderr)
+        return 1 if args.check else 0
+    return 0
+
+
+def _dvc(args: argparse.Namespace) -> int:
+    from qsdk import versioning
+
+    sdk = _sdk(args)
+    if args.dvc_command == "sync":
+        report = versioning.sync(sdk.registry, check=args.check)
+        if args.check and not report.in_step:
+            print(f"qsdk: {report.describe()}", file=sys.stderr)
+            return 1
+        print(report.describe() if args.check else f"wrote {', '.join(report.changed) or 'nothing (in step)'}")
+        return 0
+    from qsdk.progress import ConsoleProgress
+
+    result = versioning.run_stage(sdk, args.flow, args.stage, params=_parse_params(args.param),
+                                  track=args.track, hooks=(ConsoleProgress(),))
+    if result.status != "succeeded":
+        print(f"qsdk: stage {args.stage!r} of flow {args.flow!r} failed (run {result.run_id})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from qsdk.errors import SnapshotCorrupted
+    from qsdk.versioning import SnapshotStore
+
+    sdk = _sdk(args)
+    store = SnapshotStore(sdk.config, sdk.registry)
+    cmd = args.snapshot_command
+    if cmd == "list":
+        infos = store.list()
+        if args.json:
+            print(json.dumps([i.to_dict() for i in infos]))
+        for i in infos if not args.json else ():
+            versions = ", ".join(f"{t}@{v}" for t, v in i.versions.items())
+            print(f"{i.name:<20} {i.created:<26} {i.md5:<38} {'local' if i.local else 'remote'}  {versions}")
+        return 0
+    if cmd == "create":
+        info = store.create(args.name, args.tables, push=args.push)
+        print(json.dumps(info.to_dict()) if args.json else
+              f"snapshot {info.name} ({info.md5}): " + ", ".join(f"{t}@{v}" for t, v in info.versions.items())
+              + f"; commit {info.dvc_file.relative_to(sdk.config.project_root)} (and snapshots/.gitignore)")
+        return 0
+    if cmd == "diff":
+        diff = store.diff(args.a, args.b)
+        print(json.dumps(diff.to_dict()) if args.json else diff.describe())
+        return 0
+    try:
+        report = store.restore(args.name, args.tables, force=args.force)
+    except SnapshotCorrupted as exc:  # not bad input: the stored data is damaged
+        print(f"qsdk: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.to_dict()) if args.json else report.describe())
     return 0
 
 

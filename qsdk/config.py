@@ -16,6 +16,7 @@ from qsdk.errors import ConfigError
 ENV_PROJECT = "QSDK_PROJECT"
 ENV_LAKEHOUSE = "QSDK_LAKEHOUSE"
 ENV_RUNS = "QSDK_RUNS"
+ENV_TRACKING = "MLFLOW_TRACKING_URI"
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -39,6 +40,13 @@ class Config:
     project_root: Path
     lakehouse_root: Path
     runs_dir: Path
+    # MLflow store: MLFLOW_TRACKING_URI (e.g. a tracking server), else a SQLite file in the project
+    tracking_uri: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.tracking_uri:
+            uri = os.environ.get(ENV_TRACKING) or f"sqlite:///{self.project_root / 'mlflow.db'}"
+            object.__setattr__(self, "tracking_uri", uri)
 
     @property
     def pipelines_dir(self) -> Path:

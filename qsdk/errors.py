@@ -75,3 +75,16 @@ class StageFailed(QsdkError):
 
 class FlowFailed(QsdkError):
     """A flow run ended with at least one failed stage; ``run_id`` and ``failures`` tell which."""
+
+
+class VersioningError(QsdkError):
+    """A DVC or golden-snapshot operation failed (``qsdk dvc ...``, ``qsdk snapshot ...``)."""
+
+
+class SnapshotConflict(VersioningError):
+    """Restoring would overwrite tables that changed since the snapshot; ``tables`` lists them."""
+
+
+class SnapshotCorrupted(VersioningError):
+    """Snapshot files are missing or do not match their recorded sha256; ``problems`` names each
+    (``file``, ``expected``, ``actual``, ``cache``)."""

@@ -7,17 +7,24 @@ that died (retried by the executor).
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
+from qsdk.cache import CACHE_DIR
 from qsdk.errors import QsdkError, StageFailed
 from qsdk.lakehouse import staging
 from qsdk.lakehouse.contract import TableSpec
 from qsdk.lakehouse.tables import Lakehouse
 from qsdk.runtime import ENV_CONTEXT, StageContext
+from qsdk.sandbox import SANDBOX_DIR
 
 Status = Literal["succeeded", "failed", "cached", "skipped"]
 
@@ -96,9 +103,12 @@ def run_task(task: Task, *, km: Any = None) -> TaskResult:
     result = TaskResult(task.stage, task.partition, "failed", task.output_notebook,
                         parameters=dict(task.parameters))
     try:
+        lake_before = _lake_files(task)
         _papermill(task, context_path, km)
+        _check_direct_writes(task, lake_before)
         _check_outputs_written(task)
         result.read = staging.recorded_reads(task.staging_dir)
+        result.extra["reads"] = staging.read_log(task.staging_dir)
         result.written = _commit(task)
         result.status = "succeeded"
     except StageFailed as exc:
@@ -111,11 +121,11 @@ def run_task(task: Task, *, km: Any = None) -> TaskResult:
 
 
 def _papermill(task: Task, context_path: Path, km: Any) -> None:
+    import logging
+
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
-
-    import logging
 
     # papermill's regex parameter inference misreads annotated parameters and warns about
     # "unknown" ones; qsdk validated every name itself before this call.
@@ -135,16 +145,18 @@ def _papermill(task: Task, context_path: Path, km: Any) -> None:
             engine_name="qsdk",
             kernel_name="python3",
             cwd=str(Path(task.notebook).parent),
-            execution_timeout=task.timeout,
+            # nbclient takes whole seconds; never round a limit down to less than was asked
+            execution_timeout=math.ceil(task.timeout) if task.timeout else None,
             progress_bar=False,
             log_output=False,
             **kwargs,
         )
     except PapermillExecutionError as exc:
+        index = _source_cell_index(task.output_notebook, exc.cell_index)
         raise _failed(
             task,
-            f"cell {exc.cell_index} raised {exc.ename}: {_first_line(exc.evalue)}",
-            reason="error", cell_index=exc.cell_index, ename=exc.ename, evalue=exc.evalue,
+            f"cell {index} (In [{exc.exec_count}]) raised {exc.ename}: {_first_line(exc.evalue)}",
+            reason="error", cell_index=index, exec_count=exc.exec_count, ename=exc.ename, evalue=exc.evalue,
         ) from None
     except CellTimeoutError as exc:
         raise _failed(task, f"a cell ran longer than the stage timeout of {task.timeout} s",
@@ -155,6 +167,21 @@ def _papermill(task: Task, context_path: Path, km: Any) -> None:
     except RuntimeError as exc:  # e.g. "Kernel died before replying to kernel_info"
         raise _failed(task, f"the kernel failed: {_first_line(str(exc))}", reason="kernel_died",
                       ename=type(exc).__name__, evalue=str(exc)) from None
+
+
+def _source_cell_index(executed: str, index: int) -> int:
+    """papermill counts cells of the parameterized notebook, which has the injected-parameters
+    cell; users edit the stage's own notebook, which does not. Return the index there."""
+    from qsdk.nbfile import read_cells, tags
+
+    try:
+        cells = read_cells(executed)
+    except (OSError, ValueError):
+        return index
+    # the saved notebook also has papermill's error banners: skip them, then the injected cell
+    cells = [c for c in cells if "papermill-error-cell-tag" not in tags(c)]
+    injected = next((i for i, c in enumerate(cells) if "injected-parameters" in tags(c)), None)
+    return index - 1 if injected is not None and index > injected else index
 
 
 def _check_outputs_written(task: Task) -> None:
@@ -168,6 +195,94 @@ def _check_outputs_written(task: Task) -> None:
             "even an empty frame",
             reason="outputs_missing", ename="OutputsMissing", evalue=", ".join(missing),
         )
+
+
+# Folders of the lakehouse root that qsdk writes outside stage commits (cache records, sandboxes).
+_LAKE_PRIVATE = (CACHE_DIR, SANDBOX_DIR)
+# A data file as delta-rs names it. One that no commit references yet belongs to another task's
+# commit in flight (or one that lost a conflict): invisible to Delta readers, not this notebook's.
+_DELTA_DATA_FILE = re.compile(r"part-\d{5}-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}-c\d{3}(\.\w+)?\.parquet")
+_COMMIT_FILE = re.compile(r"\d{20}\.json")
+
+
+def _lake_files(task: Task) -> dict[str, tuple[int, int]]:
+    """``{relative path: (mtime_ns, size)}`` of every file under the lakehouse root, but qsdk's
+    own folders and the runs folder (when it lies inside the lakehouse)."""
+    root = Path(task.context.lakehouse_root)
+    staging = Path(task.context.staging_dir or root)  # <runs>/<run_id>/.staging/<stage>[/<partition>]
+    runs = next((p.parent.parent for p in staging.parents if p.name == ".staging"), None)
+    skip = {str(root / d) for d in _LAKE_PRIVATE} | ({str(runs)} if runs else set())
+    files: dict[str, tuple[int, int]] = {}
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if os.path.join(folder, d) not in skip]
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:  # a concurrent commit's temporary file
+                continue
+            files[os.path.relpath(path, root)] = (st.st_mtime_ns, st.st_size)
+    return files
+
+
+def _check_direct_writes(task: Task, before: dict[str, tuple[int, int]]) -> None:
+    """Fail the stage if its notebook wrote into the lakehouse folder itself, bypassing
+    ``qsdk.write_table`` (e.g. pandas ``to_parquet`` into a table's folder, or ``deltalake``).
+
+    Other tasks commit while this one runs (partitions in parallel), so a change counts only
+    if no qsdk commit explains it: every new Delta commit must carry qsdk's commit metadata,
+    commit files and data files are immutable, and a new file inside a table must be added by
+    one of the new commits (or be named like a delta-rs data file, see ``_DELTA_DATA_FILE``).
+    """
+    root = Path(task.context.lakehouse_root)
+    after = _lake_files(task)
+    changed = sorted({p for p, st in after.items() if before.get(p) != st} | (before.keys() - after.keys()))
+    added: dict[str, set[str]] = {}  # table folder -> data files its new commits add
+    stray: list[str] = []
+    for rel in changed:
+        parts = Path(rel).parts
+        table = Path(*parts[:2]) if len(parts) > 2 else None
+        in_table = table is not None and (root / table / "_delta_log").is_dir()
+        if in_table and parts[2] == "_delta_log":
+            if rel not in after or not _COMMIT_FILE.fullmatch(parts[-1]) or len(parts) != 4:
+                continue  # checkpoints, _last_checkpoint, temporary files, expired-log clean-up
+            if rel in before or not _qsdk_commit(root / rel, added.setdefault(str(table), set())):
+                stray.append(rel)  # a rewritten commit, or a commit qsdk did not make
+            continue
+        if rel in before:  # a data file (or a file outside any table) modified or deleted
+            stray.append(rel)
+        elif not (_DELTA_DATA_FILE.fullmatch(parts[-1]) and len(parts) > 2):
+            stray.append(rel)
+    stray = [rel for rel in stray if not _added_by_commit(rel, added)]
+    if stray:
+        shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+        raise _failed(
+            task,
+            f"the notebook changed files in the lakehouse folder {root} directly instead of through "
+            f"qsdk.write_table: {shown}; write tables only with qsdk.write_table (nothing was "
+            "committed; remove those files)",
+            reason="direct_write", ename="DirectLakehouseWrite", evalue="\n".join(stray),
+        )
+
+
+def _qsdk_commit(path: Path, adds: set[str]) -> bool:
+    """Whether the Delta commit file at ``path`` was made by qsdk; collect its ``add`` paths."""
+    ours = False
+    try:
+        actions = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):  # unreadable: not a commit qsdk wrote
+        return False
+    for action in actions:
+        if "commitInfo" in action:
+            ours = any(key.startswith("qsdk.") for key in action["commitInfo"])
+        elif "add" in action:
+            adds.add(unquote(action["add"]["path"]))
+    return ours
+
+
+def _added_by_commit(rel: str, added: dict[str, set[str]]) -> bool:
+    parts = Path(rel).parts
+    return len(parts) > 2 and "/".join(parts[2:]) in added.get(str(Path(*parts[:2])), ())
 
 
 def _commit(task: Task) -> dict[str, int]:

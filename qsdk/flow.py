@@ -12,11 +12,73 @@ from qsdk.stage import Stage
 
 
 @dataclass(frozen=True)
+class Binding:
+    """A flow-level parameter that sets stage parameters: ``date`` -> ``start`` and ``end``.
+
+    ``qsdk run daily -p date=D`` runs every stage with ``start=D`` and ``end=D``. With
+    ``session_calendar`` the value must be a trading session of that exchange calendar; the
+    check runs before any kernel starts.
+    """
+
+    name: str
+    targets: tuple[str, ...]
+    required: bool = True
+    session_calendar: str | None = None
+
+    def expand(self, flow: str, params: dict[str, Any], declared: set[str]) -> None:
+        if self.name not in params:
+            if self.required:
+                raise ParameterError(
+                    f"flow {flow!r} needs -p {self.name}=... (it sets {', '.join(self.targets)})",
+                    flow=flow, parameter=self.name,
+                )
+            return
+        value = params.pop(self.name)
+        for target in self.targets:
+            if target in params:
+                raise ParameterError(
+                    f"flow {flow!r}: {self.name} sets {target}; pass one of them, not both",
+                    flow=flow, parameter=target,
+                )
+            if target in declared:
+                params[target] = value
+        if self.session_calendar:
+            _check_session(flow, self.name, value, self.session_calendar)
+
+
+def _check_session(flow: str, name: str, value: Any, calendar: str) -> None:
+    import datetime as dt
+
+    from qsdk.quant import calendar as cal
+
+    try:
+        day = dt.date.fromisoformat(str(value).strip()[:10])
+    except ValueError:
+        raise ParameterError(f"flow {flow!r}: {name}={value!r} is not a date (YYYY-MM-DD)",
+                             flow=flow, parameter=name) from None
+    try:
+        ok = cal.is_session(day, calendar=calendar)
+    except ValueError as exc:
+        raise ParameterError(f"flow {flow!r}: {name}={day}: {exc}", flow=flow, parameter=name) from None
+    if not ok:
+        window = cal.sessions(day - dt.timedelta(days=10), day + dt.timedelta(days=10), calendar=calendar)
+        before = [d.date() for d in window if d.date() < day][-1:]
+        after = [d.date() for d in window if d.date() > day][:1]
+        near = ", ".join(f"{label} {d[0]}" for label, d in (("previous", before), ("next", after)) if d)
+        raise ParameterError(
+            f"flow {flow!r}: {name}={day} is not a trading session of calendar {calendar} "
+            f"({day:%A}); pass a session date ({near})",
+            flow=flow, parameter=name, value=str(day), calendar=calendar,
+        )
+
+
+@dataclass(frozen=True)
 class Flow:
     name: str
     stages: tuple[Stage, ...]
     description: str = ""
     defaults: dict[str, Any] = field(default_factory=dict, compare=False)
+    bindings: tuple[Binding, ...] = ()
 
     def __post_init__(self) -> None:
         self.order()  # a cycle is an error when the flow is built, not when it runs
@@ -77,7 +139,8 @@ class Flow:
         if not only and not from_:
             return self
         keep = set(only) | (self.downstream(from_) if from_ else set())
-        return Flow(self.name, tuple(s for s in self.stages if s.name in keep), self.description, self.defaults)
+        return Flow(self.name, tuple(s for s in self.stages if s.name in keep), self.description, self.defaults,
+                    self.bindings)
 
     def parameter_names(self) -> set[str]:
         return {p for s in self.stages for p in s.params}
@@ -87,8 +150,11 @@ class Flow:
 
         A plain key (``start``) goes to every stage that declares it; ``stage.key`` to one stage.
         A key no stage declares is an error, so a typo never runs silently with the default.
+        Flow-level :class:`Binding` parameters are expanded first.
         """
         params = dict(params or {})
+        for binding in self.bindings:
+            binding.expand(self.name, params, self.parameter_names())
         per_stage: dict[str, dict[str, Any]] = {s.name: {} for s in self.stages}
         broadcast = {**self.defaults, **{k: v for k, v in params.items() if "." not in k}}
         for key in broadcast:

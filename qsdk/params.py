@@ -28,9 +28,8 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal
 
-import nbformat
-
 from qsdk.errors import ParameterError, RegistryError
+from qsdk.nbfile import read_cells, tags
 
 Kind = Literal["str", "int", "float", "bool", "date", "list", "any"]
 _SCALARS = {"str", "int", "float", "bool", "date"}
@@ -83,10 +82,10 @@ class ParamSpec:
 # ---------------------------------------------------------------- parsing
 
 
-def parameters_cell(nb: nbformat.NotebookNode) -> tuple[int, str] | None:
-    for index, cell in enumerate(nb.cells):
-        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
-            return index, cell.source
+def parameters_cell(cells: list[dict[str, Any]]) -> tuple[int, str] | None:
+    for index, cell in enumerate(cells):
+        if cell["cell_type"] == "code" and "parameters" in tags(cell):
+            return index, cell["source"]
     return None
 
 
@@ -94,10 +93,10 @@ def read_parameters(notebook: str | Path) -> dict[str, ParamSpec]:
     """The declared parameters of ``notebook`` (error if it has no ``parameters`` cell)."""
     path = Path(notebook)
     try:
-        nb = nbformat.read(path, as_version=4)
+        cells = read_cells(path)
     except (OSError, ValueError) as exc:
         raise RegistryError(f"cannot read notebook {path}: {exc}") from exc
-    found = parameters_cell(nb)
+    found = parameters_cell(cells)
     if found is None:
         raise RegistryError(
             f"{path} has no parameters cell: tag one code cell 'parameters' "
@@ -327,6 +326,18 @@ def validate(
         else:
             resolved[name] = spec.default
     return resolved
+
+
+def parse_pairs(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["start=2010-01-01", "ingest.n=3"]`` -> ``{"start": "2010-01-01", "ingest.n": "3"}``
+    (front-ends' ``-p KEY=VALUE``; values stay strings until a stage's types coerce them)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ParameterError(f"parameter {pair!r} is not KEY=VALUE (for example -p start=2010-01-01)")
+        out[key.strip()] = value
+    return out
 
 
 def check_name(name: str) -> str:

@@ -1,12 +1,15 @@
 """The stage registry: ``pipelines/*.yaml`` -> tables, stages and flows, validated on load.
 
-Each YAML file may hold any of three top-level keys::
+Each YAML file may hold any of four top-level keys::
 
     tables:  {layer.name: {columns: {col: type}, primary_key: [...], partition_by: [...]}}
     stages:  {name: {notebook: path, inputs: [...], outputs: [...], parameters: {...},
                      partition: {by: year|month, start: start, end: end},
                      timeout: seconds, retries: n, resources: {num_cpus: 1, memory: bytes}}}
-    flows:   {name: {stages: [...], parameters: {...}, description: ...}}
+    flows:   {name: {stages: [...], parameters: {...}, description: ...,
+                     bind: {date: {to: [start, end], calendar: XNYS}}}}
+    features: {name: {table: layer.name, entity: symbol, event_time: col, known_time: col,
+                      ttl: 10d, features: [...]}}   (feature views, see qsdk.featurestore)
 
 Errors found here (unknown table, missing notebook, a table written by two stages, a cycle)
 are raised when the registry loads, before anything runs.
@@ -14,7 +17,7 @@ are raised when the registry loads, before anything runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +26,14 @@ import yaml
 from qsdk import params as P
 from qsdk.config import Config
 from qsdk.errors import RegistryError, UnknownNameError
-from qsdk.flow import Flow
+from qsdk.featurestore import FeatureView, parse_view
+from qsdk.flow import Binding, Flow
 from qsdk.lakehouse.contract import TableSpec
 from qsdk.stage import PartitionSpec, Stage
 
 _STAGE_KEYS = {"notebook", "inputs", "outputs", "parameters", "partition", "description",
                "timeout", "retries", "resources"}
-_FLOW_KEYS = {"stages", "parameters", "description"}
+_FLOW_KEYS = {"stages", "parameters", "description", "bind"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Registry:
     stages: dict[str, Stage]
     flows: dict[str, Flow]
     root: Path
+    features: dict[str, FeatureView] = field(default_factory=dict)
 
     @classmethod
     def load(cls, config: Config | None = None) -> Registry:
@@ -50,7 +55,8 @@ class Registry:
         }
         _check_single_writer(stages)
         flows = {name: _flow(name, spec, origin, stages) for name, (spec, origin) in raw["flows"].items()}
-        return cls(tables=tables, stages=stages, flows=flows, root=config.project_root)
+        features = {name: parse_view(name, spec, origin, tables) for name, (spec, origin) in raw["features"].items()}
+        return cls(tables=tables, stages=stages, flows=flows, root=config.project_root, features=features)
 
     def flow(self, name: str) -> Flow:
         return _lookup(self.flows, name, "flow")
@@ -60,6 +66,9 @@ class Registry:
 
     def table(self, name: str) -> TableSpec:
         return _lookup(self.tables, name, "table")
+
+    def feature_view(self, name: str) -> FeatureView:
+        return _lookup(self.features, name, "feature view")
 
     def writer_of(self, table: str) -> Stage | None:
         return next((s for s in self.stages.values() if table in s.outputs), None)
@@ -74,7 +83,7 @@ def _lookup(mapping: dict[str, Any], name: str, kind: str) -> Any:
 
 
 def _read_yaml_files(folder: Path) -> dict[str, dict[str, tuple[Any, str]]]:
-    found: dict[str, dict[str, tuple[Any, str]]] = {"tables": {}, "stages": {}, "flows": {}}
+    found: dict[str, dict[str, tuple[Any, str]]] = {"tables": {}, "stages": {}, "flows": {}, "features": {}}
     files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
     if not files:
         raise RegistryError(f"no registry files (*.yaml) in {folder}")
@@ -87,7 +96,7 @@ def _read_yaml_files(folder: Path) -> dict[str, dict[str, tuple[Any, str]]]:
             raise RegistryError(f"{path}: expected a mapping with tables/stages/flows")
         unknown = set(doc) - set(found)
         if unknown:
-            raise RegistryError(f"{path}: unknown top-level key(s) {sorted(unknown)}; use tables, stages, flows")
+            raise RegistryError(f"{path}: unknown top-level key(s) {sorted(unknown)}; use tables, stages, flows, features")
         for section, entries in doc.items():
             for name, spec in (entries or {}).items():
                 if name in found[section]:
@@ -196,8 +205,33 @@ def _flow(name: str, spec: dict[str, Any], origin: str, stages: dict[str, Stage]
         raise RegistryError(f"{where}: lists no stages")
     defaults = dict(spec.get("parameters") or {})
     flow = Flow(name=name, stages=tuple(members), description=str(spec.get("description") or ""),
-                defaults=defaults)
+                defaults=defaults, bindings=_bindings(spec.get("bind") or {}, where))
     undeclared = set(defaults) - flow.parameter_names()
     if undeclared:
         raise RegistryError(f"{where}: parameters {sorted(undeclared)} are declared by none of its stages")
+    for binding in flow.bindings:
+        unknown = [t for t in binding.targets if t not in flow.parameter_names()]
+        if unknown or binding.name in flow.parameter_names():
+            raise RegistryError(
+                f"{where}: bind: {binding.name!r} must be a new name that sets parameters its stages declare "
+                f"(undeclared targets: {unknown or '-'})"
+            )
     return flow
+
+
+def _bindings(spec: Any, where: str) -> tuple[Binding, ...]:
+    """``bind: {date: {to: [start, end], calendar: XNYS, required: true}}``."""
+    if not isinstance(spec, dict):
+        raise RegistryError(f"{where}: bind: must map a parameter name to {{to: [...], calendar: ...}}")
+    out = []
+    for name, entry in spec.items():
+        if not isinstance(entry, dict) or not entry.get("to") or set(entry) - {"to", "calendar", "required"}:
+            raise RegistryError(
+                f"{where}: bind: {name!r} needs {{to: [parameters], calendar: CODE (optional), "
+                "required: true|false (optional)}}"
+            )
+        targets = entry["to"] if isinstance(entry["to"], list) else [entry["to"]]
+        out.append(Binding(name=str(name), targets=tuple(str(t) for t in targets),
+                           required=bool(entry.get("required", True)),
+                           session_calendar=str(entry["calendar"]) if entry.get("calendar") else None))
+    return tuple(out)

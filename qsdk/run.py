@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qsdk import hooks as H
+from qsdk.cache import Cache, CacheRecord, code_hash, params_hash
 from qsdk.config import Config
 from qsdk.errors import FlowFailed
 from qsdk.execute import Task, TaskResult
 from qsdk.executors import Executor, get_executor
 from qsdk.flow import Flow
+from qsdk.lakehouse.tables import Lakehouse
 from qsdk.registry import Registry
 from qsdk.runtime import StageContext
 
@@ -110,7 +112,8 @@ class RunResult:
 
 
 def plan(flow: Flow, params: Mapping[str, dict[str, Any]], *, registry: Registry, config: Config,
-         run_id: str, run_dir: Path, pinned_versions: Mapping[str, int] | None = None) -> dict[str, list[Task]]:
+         run_id: str, run_dir: Path, pinned_versions: Mapping[str, int] | None = None,
+         read_roots: Mapping[str, str | Path] | None = None) -> dict[str, list[Task]]:
     """The tasks of each stage: one per partition, each with its notebook path and context."""
     tasks: dict[str, list[Task]] = {}
     for stage in flow.stages:
@@ -128,6 +131,7 @@ def plan(flow: Flow, params: Mapping[str, dict[str, Any]], *, registry: Registry
                 tables=tables,
                 staging_dir=str(run_dir / ".staging" / slug),
                 pinned_versions={t: v for t, v in (pinned_versions or {}).items() if t in stage.inputs},
+                read_roots={t: str(r) for t, r in (read_roots or {}).items() if t in stage.inputs},
             )
             tasks[stage.name].append(Task(
                 run_id=run_id,
@@ -154,24 +158,35 @@ def run_flow(
     hooks: Sequence[H.Hook] = (),
     run_id: str | None = None,
     pinned_versions: Mapping[str, int] | None = None,
+    read_roots: Mapping[str, str | Path] | None = None,
+    cache: bool = True,
+    force: bool | Sequence[str] = False,
 ) -> RunResult:
+    """``pinned_versions``: read these input tables at these Delta versions. ``read_roots``: read
+    these input tables from another lakehouse root (``qsdk reproduce`` reads the original
+    lakehouse while writing to its own). ``cache``: skip tasks whose code, parameters and
+    input data are unchanged since their last success (see :mod:`qsdk.cache`); ``force``:
+    re-run everything (``True``) or these stages even when cached."""
     resolved = flow.resolve(params)  # every stage validated before any kernel starts
     run_id = run_id or new_run_id()
     run_dir = config.runs_dir / run_id
     tasks = plan(flow, resolved, registry=registry, config=config, run_id=run_id, run_dir=run_dir,
-                 pinned_versions=pinned_versions)
+                 pinned_versions=pinned_versions, read_roots=read_roots)
     state = RunState(run_id, flow, resolved, run_dir, config, tasks)
     run_dir.mkdir(parents=True, exist_ok=True)
     hook_list = list(hooks)
     H.call(hook_list, "before_flow", run=state)
-    ex = get_executor(executor) if isinstance(executor, str) else executor
+    lazy = _LazyExecutor(executor)
+    forced = set(flow.stage_names) if force is True else set(force or ())
+    for name in forced:
+        flow.stage(name)  # an unknown stage name is an error
+    memo = _Memo(Cache(Lakehouse(config.lakehouse_root, registry.tables)), forced) if cache else None
     started = time.perf_counter()
     results: list[TaskResult] = []
     try:
-        ex.init()
-        results = _schedule(flow, tasks, ex, state, hook_list)
+        results = _schedule(flow, tasks, lazy, state, hook_list, memo)
     finally:
-        ex.finalize()
+        lazy.finalize()
     status: RunStatus = "failed" if any(r.status in ("failed", "skipped") for r in results) else "succeeded"
     result = RunResult(run_id, flow.name, status, str(run_dir), results, resolved,
                        time.perf_counter() - started)
@@ -182,8 +197,66 @@ def run_flow(
     return result
 
 
-def _schedule(flow: Flow, tasks: dict[str, list[Task]], ex: Executor, state: RunState,
-              hook_list: list[H.Hook]) -> list[TaskResult]:
+class _LazyExecutor:
+    """Starts the real executor on the first task that is not cached: a no-op re-run starts
+    neither Ray nor a kernel."""
+
+    def __init__(self, executor: Executor | str) -> None:
+        self._spec = executor
+        self._ex: Executor | None = None
+
+    def submit(self, task: Task) -> Future[TaskResult]:
+        if self._ex is None:
+            self._ex = get_executor(self._spec) if isinstance(self._spec, str) else self._spec
+            self._ex.init()
+        return self._ex.submit(task)
+
+    def finalize(self) -> None:
+        if self._ex is not None:
+            self._ex.finalize()
+
+    @property
+    def started(self) -> bool:
+        return self._ex is not None
+
+
+class _Memo:
+    """The cache as the scheduler uses it: look up before submitting, record after success."""
+
+    def __init__(self, cache: Cache, forced: set[str]) -> None:
+        self.cache = cache
+        self.forced = forced
+        self._code: dict[str, str] = {}
+
+    def code(self, task: Task) -> str:
+        if task.stage not in self._code:
+            self._code[task.stage] = code_hash(task.notebook)
+        return self._code[task.stage]
+
+    def lookup(self, task: Task) -> TaskResult | None:
+        if task.stage in self.forced:
+            return None
+        verdict = self.cache.check(stage=task.stage, partition=task.partition, notebook=task.notebook,
+                                   params=task.parameters, code=self.code(task))
+        if not verdict.hit or verdict.record is None:
+            return None
+        rec = verdict.record
+        return TaskResult(task.stage, task.partition, "cached", rec.notebook, written=dict(rec.written),
+                          read={r["table"]: r["version"] for r in rec.reads}, parameters=dict(task.parameters),
+                          extra={"cached_from": rec.run_id})
+
+    def record(self, task: Task, result: TaskResult) -> None:
+        if result.status != "succeeded":
+            return
+        self.cache.save(CacheRecord(
+            stage=task.stage, partition=task.partition, code=self.code(task),
+            params=params_hash(task.parameters), reads=list(result.extra.get("reads", [])),
+            written=dict(result.written), run_id=task.run_id, notebook=result.notebook,
+        ))
+
+
+def _schedule(flow: Flow, tasks: dict[str, list[Task]], ex: _LazyExecutor, state: RunState,
+              hook_list: list[H.Hook], memo: _Memo | None) -> list[TaskResult]:
     sorter = flow.sorter()
     sorter.prepare()
     running: dict[Future[TaskResult], Task] = {}
@@ -191,33 +264,45 @@ def _schedule(flow: Flow, tasks: dict[str, list[Task]], ex: Executor, state: Run
     stage_ok: dict[str, bool] = {}
     results: list[TaskResult] = []
     failed = False
+
+    def finish(task: Task, result: TaskResult) -> None:
+        nonlocal failed
+        results.append(result)
+        if memo is not None:
+            memo.record(task, result)
+        H.call(hook_list, "after_task", run=state, task=task, result=result)
+        remaining[task.stage] -= 1
+        stage_ok[task.stage] &= result.status in ("succeeded", "cached")
+        if remaining[task.stage] == 0:
+            if stage_ok[task.stage]:
+                sorter.done(task.stage)
+            else:
+                failed = True
+
     while True:
         if not failed:
             for stage in sorter.get_ready():
                 remaining[stage] = len(tasks[stage])
                 stage_ok[stage] = True
+                if not tasks[stage]:
+                    sorter.done(stage)
                 for task in tasks[stage]:
+                    cached = memo.lookup(task) if memo is not None else None
+                    if cached is not None:  # decided in the driver: no executor, no kernel
+                        finish(task, cached)
+                        continue
                     for extra in H.call(hook_list, "before_task", run=state, task=task):
                         if extra:
                             task.context.tracking.update(extra)
                     running[ex.submit(task)] = task
-                if not tasks[stage]:
-                    sorter.done(stage)
+            if sorter.is_active() and not running and not failed:
+                continue  # cached stages completed synchronously: their successors are ready now
         if not running:
             break
         done, _ = wait(list(running), return_when=FIRST_COMPLETED)
         for future in done:
             task = running.pop(future)
-            result = _result_of(future, task)
-            results.append(result)
-            H.call(hook_list, "after_task", run=state, task=task, result=result)
-            remaining[task.stage] -= 1
-            stage_ok[task.stage] &= result.status in ("succeeded", "cached")
-            if remaining[task.stage] == 0:
-                if stage_ok[task.stage]:
-                    sorter.done(task.stage)
-                else:
-                    failed = True
+            finish(task, _result_of(future, task))
     started = {r.key for r in results}
     for stage_tasks in tasks.values():
         for task in stage_tasks:

@@ -28,6 +28,8 @@ class StageContext:
     partition: str | None = None
     staging_dir: str | None = None  # None: writes commit at once (interactive sessions)
     pinned_versions: dict[str, int] = field(default_factory=dict)
+    # table -> another lakehouse root to read it from (reproduce: the original lakehouse)
+    read_roots: dict[str, str] = field(default_factory=dict)
     tracking: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from qsdk.config import Config
-from qsdk.executors import Executor
+from qsdk.errors import ParameterError
+from qsdk.executors import Executor, get_executor
 from qsdk.hooks import Hook
 from qsdk.lakehouse.loader import DataLoader
 from qsdk.lakehouse.tables import Lakehouse, TableInfo
@@ -46,20 +47,53 @@ class QuantSDK:
         *,
         params: Mapping[str, Any] | None = None,
         executor: Executor | str = "local",
+        ray_address: str | None = None,
         only: Sequence[str] = (),
         from_: Sequence[str] = (),
         hooks: Sequence[Hook] = (),
         raise_on_failure: bool = True,
+        track: bool = True,
+        cache: bool = True,
+        force: bool | Sequence[str] = False,
     ) -> RunResult:
         """Run flow ``name``; parameters are validated for every stage before anything starts.
 
         Raises :class:`~qsdk.errors.FlowFailed` when a stage fails, unless
-        ``raise_on_failure=False`` (then inspect ``result.status``).
+        ``raise_on_failure=False`` (then inspect ``result.status``). ``track``: record the run
+        in MLflow (``config.tracking_uri``; ``result.extra["mlflow_run_id"]`` is its run id).
+        ``cache``: skip tasks whose code, parameters and inputs are unchanged since their last
+        success; ``force``: re-run all stages (``True``) or the named ones regardless.
+        ``executor``: ``"local"`` (sequential, in this process) or ``"ray"`` (partitions in
+        parallel on an embedded Ray, or on the cluster at ``ray_address`` / ``$RAY_ADDRESS``).
+        ``params["snapshot"] = NAME`` is a run option: after a successful run, the flow's
+        output tables are frozen into golden snapshot NAME (:mod:`qsdk.versioning`).
         """
+        if ray_address is not None:
+            if executor != "ray":
+                raise ParameterError(f"ray_address= goes with executor='ray', not {executor!r}")
+            executor = get_executor("ray", address=ray_address)
         flow = self.registry.flow(name).select(only=only, from_=from_)
+        from qsdk.versioning import SnapshotStore, VersioningHook, run_options
+
+        params, snapshot = run_options(flow, params)  # -p snapshot=NAME: a run option, not a stage's
+        if snapshot:
+            SnapshotStore(self.config, self.registry).check_new(snapshot)  # refuse before running
+        if track:
+            from qsdk.tracking import MlflowTracking
+
+            hooks = [*hooks, MlflowTracking(tracking_uri=self.config.tracking_uri)]
+        if track or snapshot:  # after MlflowTracking: it tags the flow's MLflow run
+            hooks = [*hooks, VersioningHook(snapshot=snapshot)]
         result = run_flow(flow, registry=self.registry, config=self.config, params=params,
-                          executor=executor, hooks=hooks)
+                          executor=executor, hooks=hooks, cache=cache, force=force)
         return result.raise_for_status() if raise_on_failure else result
+
+    def status(self, name: str, *, params: Mapping[str, Any] | None = None) -> list:
+        """Per stage and partition of flow ``name``: cached, stale (with reasons) or never run."""
+        from qsdk.cache import Cache, flow_status
+
+        flow = self.registry.flow(name)
+        return flow_status(flow, flow.resolve(params), cache=Cache(self.lakehouse))
 
     def tables(self) -> list[TableInfo]:
         lake = self.lakehouse

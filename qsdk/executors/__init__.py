@@ -41,6 +41,14 @@ def _load_builtins() -> None:
         from qsdk.executors.local import LocalExecutor
 
         register("local", LocalExecutor)
+    if "ray" not in _FACTORIES:
+        register("ray", _ray_executor)
+
+
+def _ray_executor(**options: Any) -> Executor:
+    from qsdk.executors.ray import RayExecutor  # imports Ray: only when asked for
+
+    return RayExecutor(**options)
 
 
 __all__ = ["Executor", "get_executor", "known_executors", "register"]

@@ -11,14 +11,14 @@ from qsdk.execute import Task, TaskResult
 class Executor(ABC):
     name: str = "base"
 
-    def init(self) -> None:
+    def init(self) -> None:  # noqa: B027 - optional step, not abstract
         """Acquire resources (start Ray, warm kernels). Called once before the first submit."""
 
     @abstractmethod
     def submit(self, task: Task) -> Future[TaskResult]:
         """Start ``task``; the future resolves to its :class:`TaskResult` (failures included)."""
 
-    def finalize(self) -> None:
+    def finalize(self) -> None:  # noqa: B027 - optional step, not abstract
         """Release resources. Called once, also after a failure."""
 
     def __enter__(self) -> Executor:

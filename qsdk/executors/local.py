@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from qsdk.execute import Task, TaskResult, run_task
 from qsdk.executors.base import Executor
 
+if TYPE_CHECKING:
+    from qsdk.kernels import KernelPool
+
 
 class LocalExecutor(Executor):
+    """``prewarm``: keep this many kernels started ahead of the next task (0: papermill starts
+    one per task, as plain papermill does)."""
+
     name = "local"
+    prewarm: int = 0
+    _pool: KernelPool | None = None
+
+    def __init__(self, *, prewarm: int = 0) -> None:
+        self.prewarm = prewarm
+
+    def init(self) -> None:
+        if self.prewarm and self._pool is None:
+            from qsdk.kernels import KernelPool
+
+            self._pool = KernelPool(self.prewarm)
 
     def submit(self, task: Task) -> Future[TaskResult]:
         future: Future[TaskResult] = Future()
-        future.set_result(run_task(task))
+        future.set_result(self._pool.run_task(task) if self._pool is not None else run_task(task))
         return future
+
+    def finalize(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None

@@ -34,7 +34,8 @@ TYPES: dict[str, pa.DataType] = {
 
 def validate_table_name(name: Any) -> str:
     """``layer.name``, lower-case letters, digits and ``_`` only: no path tricks possible."""
-    if not isinstance(name, str) or not _TABLE_NAME.match(name):
+    # fullmatch: with match, `$` also matches before a trailing newline ("silver.prices\n")
+    if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
         raise TableNameError(
             f"invalid table name {name!r}: use 'layer.name' with lower-case letters, digits and "
             "underscores (for example 'silver.prices')",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 
@@ -27,9 +27,12 @@ class WriteReceipt:
     rows: int
     staged: bool
     version: int | None = None
+    sandbox: str | None = None  # the sandbox root an interactive session wrote to
 
     def __repr__(self) -> str:
         state = "staged, commits when the stage succeeds" if self.staged else f"version {self.version}"
+        if self.sandbox:
+            state = f"sandbox version {self.version} in {self.sandbox}; qsdk.promote({self.table!r}) to publish"
         return f"<write {self.table} {self.mode} {self.rows} rows: {state}>"
 
 
@@ -72,21 +75,75 @@ class DataLoader:
                     stage=ctx.stage,
                     table=table,
                 )
+            lakehouse = self._lakehouse_for(table)
             if version is None:
                 version = ctx.pinned_versions.get(table)
             if version is None:
-                version = self.lakehouse.version(table)
+                version = lakehouse.version(table)
                 ctx.pinned_versions[table] = version  # every later read sees the same snapshot
+            data = lakehouse.read(table, columns=columns, filters=filters, version=version)
             if ctx.staging_dir and version is not None:
-                staging.record_read(ctx.staging_dir, table, version)
+                from qsdk.cache import fingerprint
+
+                staging.record_read(ctx.staging_dir, table, version, columns=list(columns) if columns else None,
+                                    filters=list(filters) if filters else None, fingerprint=fingerprint(data))
+            return data
         return self.lakehouse.read(table, columns=columns, filters=filters, version=version)
+
+    def _lakehouse_for(self, table: str) -> Lakehouse:
+        """Where ``table`` is read from: the stage's lakehouse, or a root in ``read_roots``."""
+        root = self.context.read_roots.get(table) if self.context else None
+        return self.lakehouse if root is None else Lakehouse(root, self.lakehouse.specs)
 
     def read(self, table: str, **kwargs: Any):
         """Like :meth:`read_arrow`, as a pandas DataFrame."""
         return self.read_arrow(table, **kwargs).to_pandas()
 
+    def training_set(self, entity_df: Any, features: Sequence[str] | str, *, timestamp: str = "timestamp",
+                     views: Any = None):
+        """``entity_df`` plus the requested features, joined point in time.
+
+        ``features``: feature view names (every feature of the view) or ``"view:feature"``
+        references, declared under ``features:`` in ``pipelines/``. For each row (entity,
+        ``timestamp``) each feature is the latest value with event time and known time at or
+        before ``timestamp`` (within the view's ttl); never a value known later; missing where
+        there is none. Reads only the views' tables, through the stage's contract (each must be
+        a declared input), and only the rows and columns the join can use. The returned
+        ``timestamp`` column is in UTC (tz-naive input is taken as UTC).
+        ``views``: a ``{name: FeatureView}`` mapping instead of the project's registry.
+        """
+        import pandas as pd
+
+        from qsdk import featurestore
+        from qsdk.quant.pit import point_in_time_join
+
+        views = featurestore.load_views() if views is None else views
+        plan = featurestore.resolve(features, views)
+        needed = sorted({timestamp, *(view.entity for view, _ in plan)})
+        missing = [c for c in needed if c not in entity_df.columns]
+        if missing:
+            raise ContractViolation(
+                f"training_set: entity_df lacks column(s) {missing}; it needs the views' entity column(s) "
+                f"and the time column {timestamp!r} (name another one with timestamp=)"
+            )
+        times = pd.to_datetime(entity_df[timestamp])  # tz-naive times are taken as UTC
+        times = times.dt.tz_localize("UTC") if times.dt.tz is None else times.dt.tz_convert("UTC")
+        out = entity_df.assign(**{timestamp: times})
+        for view, names in plan:
+            filters: list[tuple[str, str, Any]] = []
+            if times.notna().any():  # ISO strings: the read is logged as JSON (lineage, cache)
+                latest = times.max().isoformat()
+                filters += [(view.event_time, "<=", latest), (view.known_time, "<=", latest)]
+                if view.ttl is not None:
+                    filters.append((view.event_time, ">=", (times.min() - view.ttl).isoformat()))
+            data = self.read(view.table, columns=view.columns(names), filters=filters or None)
+            out = point_in_time_join(out, data, entity=view.entity, timestamp=timestamp,
+                                     event_time=view.event_time, known_time=view.known_time,
+                                     ttl=view.ttl, features=names)
+        return out
+
     def version(self, table: str) -> int | None:
-        return self.lakehouse.version(table)
+        return self._lakehouse_for(table).version(table)
 
     def tables(self) -> list[str]:
         return self.context.allowed_reads if self.context else self.lakehouse.list_tables()
@@ -143,6 +200,12 @@ def write_table(
     if ctx.staging_dir:
         staging.stage_write(ctx.staging_dir, table, conformed, mode=mode, predicate=predicate)
         return WriteReceipt(table, mode, conformed.num_rows, staged=True)
+    if ctx.extra.get("interactive"):  # exploration writes to the user's sandbox, never to production
+        from qsdk.sandbox import write_interactive
+
+        version = write_interactive(ctx, table, conformed, mode=mode, predicate=predicate)
+        return WriteReceipt(table, mode, conformed.num_rows, staged=False, version=version,
+                            sandbox=ctx.read_roots[table])
     version = lakehouse.write(table, conformed, mode=mode, predicate=predicate,
                               metadata={"qsdk.stage": ctx.stage, "qsdk.run_id": ctx.run_id})
     return WriteReceipt(table, mode, conformed.num_rows, staged=False, version=version)

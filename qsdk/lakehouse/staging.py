@@ -54,23 +54,27 @@ def staged_writes(staging_dir: str | Path) -> list[StagedWrite]:
     return [StagedWrite(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
-def record_read(staging_dir: str | Path, table: str, version: int) -> None:
+def record_read(staging_dir: str | Path, table: str, version: int, *, columns: list[str] | None = None,
+                filters: list[Any] | None = None, fingerprint: str | None = None) -> None:
+    """Log one read: table, version, and what was read (for lineage and the cache)."""
     folder = Path(staging_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    entry = {"table": table, "version": version, "columns": columns,
+             "filters": [list(f) for f in filters] if filters else None, "fingerprint": fingerprint}
     with open(folder / READS, "a") as fh:
-        fh.write(json.dumps({"table": table, "version": version}) + "\n")
+        fh.write(json.dumps(entry, default=str) + "\n")
+
+
+def read_log(staging_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(staging_dir) / READS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def recorded_reads(staging_dir: str | Path) -> dict[str, int]:
-    path = Path(staging_dir) / READS
-    if not path.exists():
-        return {}
-    out: dict[str, int] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            entry = json.loads(line)
-            out[entry["table"]] = entry["version"]
-    return out
+    """``{table: version}`` of every table read (one version per table within a stage)."""
+    return {entry["table"]: entry["version"] for entry in read_log(staging_dir)}
 
 
 def commit_staged(staging_dir: str | Path, lakehouse: Lakehouse, *, app_prefix: str,

@@ -160,10 +160,11 @@ class Lakehouse:
                     return self.version(name)  # already committed by an earlier attempt
         write_id = uuid.uuid4().hex
         meta = {**(metadata or {}), "qsdk.write_id": write_id, "qsdk.mode": mode}
+        committed: int | None = None
         for attempt in range(_CONFLICT_RETRIES):
             try:
-                self._commit(name, spec, table, mode=mode, predicate=predicate, meta=meta,
-                             app_id=app_id, app_version=app_version)
+                committed = self._commit(name, spec, table, mode=mode, predicate=predicate, meta=meta,
+                                         app_id=app_id, app_version=app_version)
                 break
             except ContractViolation:
                 raise
@@ -178,9 +179,15 @@ class Lakehouse:
                     time.sleep(0.05 * 2**attempt)
                     continue
                 raise LakehouseError(f"failed writing {name!r} ({mode}): {exc}", table=name) from exc
-        return self._version_of_write(name, write_id)
+        return committed if committed is not None else self._version_of_write(name, write_id)
 
-    def _commit(self, name, spec, table, *, mode, predicate, meta, app_id, app_version) -> None:
+    def _commit(self, name, spec, table, *, mode, predicate, meta, app_id, app_version) -> int | None:
+        """Commit ``table``; return the version committed (``None`` when this created the table).
+
+        Writes go through a loaded ``DeltaTable``, whose version after the commit is the one
+        this commit got: ``history()`` labels versions from its own snapshot, so it misnumbers
+        commits that land while it is read (concurrent writers).
+        """
         from deltalake import CommitProperties, Transaction, write_deltalake
 
         txns = [Transaction(app_id=app_id, version=app_version)] if app_id else None
@@ -191,27 +198,35 @@ class Lakehouse:
             write_deltalake(path, table, mode="append" if mode != "overwrite" else "overwrite",
                             partition_by=list(spec.partition_by) or None, name=name,
                             description=spec.description or None, commit_properties=props)
-            return
+            return None
+        dt = self._table(name)  # one snapshot for the key check and the commit
+        on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in spec.primary_key)
         if mode == "append":
-            self._refuse_existing_keys(name, spec, table)
-            write_deltalake(path, table, mode="append", commit_properties=props)
+            self._refuse_existing_keys(name, spec, table, version=dt.version())
+            if spec.primary_key:
+                # an insert-only merge, not a blind append: a concurrent commit that adds rows is
+                # then a conflict (retried, and the retry's key check refuses duplicates)
+                dt.merge(table, predicate=on, source_alias="s", target_alias="t",
+                         commit_properties=props).when_not_matched_insert_all().execute()
+            else:
+                write_deltalake(dt, table, mode="append", commit_properties=props)
         elif mode == "overwrite":
-            write_deltalake(path, table, mode="overwrite", predicate=predicate, commit_properties=props)
+            write_deltalake(dt, table, mode="overwrite", predicate=predicate, commit_properties=props)
         else:
-            on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in spec.primary_key)
             (
-                self._table(name)
-                .merge(table, predicate=on, source_alias="s", target_alias="t", commit_properties=props)
+                dt.merge(table, predicate=on, source_alias="s", target_alias="t", commit_properties=props)
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
                 .execute()
             )
+        return dt.version()
 
-    def _refuse_existing_keys(self, name: str, spec: TableSpec, table: pa.Table) -> None:
+    def _refuse_existing_keys(self, name: str, spec: TableSpec, table: pa.Table, *,
+                              version: int | None = None) -> None:
         if not spec.primary_key or table.num_rows == 0:
             return
         keys = list(spec.primary_key)
-        existing = self.read(name, columns=keys)
+        existing = self.read(name, columns=keys, version=version)
         clash = existing.join(table.select(keys), keys=keys, join_type="inner")
         if clash.num_rows:
             example = {k: clash.column(k)[0].as_py() for k in keys}

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import exchange_calendars as xcals
+import numpy as np
 import pandas as pd
 
 CALENDAR_START = "1990-01-01"
@@ -104,12 +105,11 @@ class CalendarReport:
 
 def validate_dates(dates: Iterable[DateLike], *, calendar: str = "XNYS") -> CalendarReport:
     """Compare ``dates`` with the calendar's sessions (duplicates and time of day are ignored)."""
-    idx = pd.DatetimeIndex(pd.to_datetime(pd.Index(list(dates)), errors="raise"))
-    if idx.hasnans:
+    series = _as_series(dates)
+    if series.isna().any():
         raise ValueError("dates contains missing values (NaT); drop them before validating.")
-    if idx.tz is not None:
-        idx = idx.tz_localize(None)
-    days = pd.DatetimeIndex(idx.normalize().unique()).sort_values().as_unit("ns")
+    _, uniques = pd.factorize(series, sort=False)  # parse each distinct value once
+    days = pd.DatetimeIndex(_normalized(uniques).unique()).sort_values().as_unit("ns")
     if len(days) == 0:
         empty = pd.DatetimeIndex([], dtype="datetime64[ns]")
         return CalendarReport(non_sessions=empty, missing_sessions=empty)
@@ -145,3 +145,62 @@ def month_partitions(start: DateLike, end: DateLike) -> list[tuple[dt.date, dt.d
 def year_partitions(start: DateLike, end: DateLike) -> list[tuple[dt.date, dt.date]]:
     """Calendar years tiling ``[start, end]`` inclusively, first/last clipped to the range."""
     return _partitions(start, end, freq="Y")
+
+
+def session_closes(dates: Iterable[DateLike], *, calendar: str = "XNYS") -> pd.DatetimeIndex:
+    """The close of each session in ``dates`` as UTC timestamps (early closes included).
+
+    This is qsdk's event time of a daily bar, and the time a value computed from that bar
+    becomes known. Raises ValueError naming the first date that is not a session. Vectorized:
+    each distinct date is looked up once, so a column of a million rows is cheap.
+    """
+    codes, uniques = pd.factorize(_as_series(dates), sort=False)
+    if (codes < 0).any():
+        raise ValueError("dates contains missing values; drop them first.")
+    if len(uniques) == 0:
+        return pd.DatetimeIndex([], dtype="datetime64[ns, UTC]")
+    days = _normalized(uniques)
+    cal = get_calendar(calendar)
+    _check_bounds(cal, days.min(), days.max())
+    closes = cal.closes
+    if closes.index.tz is not None:
+        closes = closes.tz_localize(None)
+    found = pd.DatetimeIndex(closes.reindex(days).to_numpy())
+    if found.hasnans:
+        bad = days[found.isna()][0]
+        raise ValueError(f"{bad.date()} is not a trading session of calendar {calendar}.")
+    found = found.tz_localize("UTC") if found.tz is None else found.tz_convert("UTC")
+    return found.take(codes)
+
+
+def _as_series(dates: Iterable[DateLike]) -> pd.Series:
+    if isinstance(dates, pd.Series):
+        return dates
+    if isinstance(dates, pd.Index | np.ndarray):
+        return pd.Series(dates)
+    return pd.Series(list(dates), dtype="object")
+
+
+def _normalized(values: Iterable[DateLike]) -> pd.DatetimeIndex:
+    """Distinct-or-not dates as tz-naive midnight ``datetime64[ns]``."""
+    idx = pd.DatetimeIndex(pd.to_datetime(pd.Index(values), errors="raise"))
+    if idx.tz is not None:
+        idx = idx.tz_localize(None)
+    return idx.normalize().as_unit("ns")
+
+
+def sessions_before(date: DateLike, count: int, *, calendar: str = "XNYS") -> pd.Timestamp:
+    """The session ``count`` sessions before the first session on or after ``date``.
+
+    A stage that computes rolling features over ``[start, end]`` reads its input from
+    ``sessions_before(start, lookback)``. Clamped to the calendar's first session.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}.")
+    day = _to_day(date, what="date")
+    cal = get_calendar(calendar)
+    _check_bounds(cal, day, day)
+    first = cal.date_to_session(day, direction="next")
+    position = max(0, cal.sessions.get_loc(first) - count)
+    out = cal.sessions[position]
+    return (out.tz_localize(None) if out.tz is not None else out).as_unit("ns")

@@ -147,12 +147,83 @@ def forward_returns(prices: pd.DataFrame, *, horizon: int = 1, lag: int = 1) -> 
     return _per_symbol(prices, "adj_close", fn).rename("forward_return")
 
 
+def amihud_illiquidity(prices: pd.DataFrame, *, window: int = 21) -> pd.Series:
+    """Amihud (2002) illiquidity: mean over the last ``window`` sessions of
+    ``|r_t| / (close_t * volume_t)``, scaled by 1e6 (absolute return per million traded).
+
+    ``r`` is the simple ``adj_close`` return; the dollar volume uses the raw ``close`` and raw
+    ``volume`` (what was traded that day). NaN until ``window`` returns exist.
+    """
+    window = _check_window("window", window)
+    _check_prices(prices, ["adj_close", "close", "volume"])
+    ordered = prices.sort_values(["symbol", "date"], kind="mergesort")
+    adj = ordered["adj_close"].astype("float64")
+    symbols = ordered["symbol"]
+    ret = adj / adj.groupby(symbols, sort=False).shift(1) - 1.0
+    dollar_volume = ordered["close"].astype("float64") * ordered["volume"].astype("float64")
+    ratio = ret.abs() / dollar_volume.where(dollar_volume > 0) * 1e6
+    out = _unstack_group(_rolling(ratio, symbols, window).mean())
+    return out.reindex(prices.index).rename("amihud_illiquidity")
+
+
+def distance_to_high(prices: pd.DataFrame, *, window: int = 252) -> pd.Series:
+    """``adj_close[t] / max(adj_close[t-window+1 .. t]) - 1`` (<= 0): the distance to the
+    trailing ``window``-session high (George and Hwang's 52-week-high signal for 252)."""
+    window = _check_window("window", window)
+    _check_prices(prices, ["adj_close"])
+
+    def fn(values: pd.Series, symbols: pd.Series) -> pd.Series:
+        return values / _unstack_group(_rolling(values, symbols, window).max()) - 1.0
+
+    return _per_symbol(prices, "adj_close", fn).rename("distance_to_high")
+
+
+def label_frame(prices: pd.DataFrame, *, horizon: int = 1, lag: int = 1) -> pd.DataFrame:
+    """Labels with their timing: ``date, symbol, trade_date, exit_date, forward_return``.
+
+    ``trade_date`` is the session ``lag`` rows after ``date`` (the position is opened at its
+    close), ``exit_date`` the session ``lag + horizon`` rows after (closed there): the label is
+    known only at the close of ``exit_date``. Rows whose exit is beyond the data are dropped.
+    Same index as ``prices`` minus the dropped rows.
+    """
+    ret = forward_returns(prices, horizon=horizon, lag=lag)
+    ordered = prices.sort_values(["symbol", "date"], kind="mergesort")
+    g = ordered["date"].groupby(ordered["symbol"], sort=False)
+    out = prices[["date", "symbol"]].copy()
+    out["trade_date"] = g.shift(-lag).reindex(prices.index)
+    out["exit_date"] = g.shift(-(lag + horizon)).reindex(prices.index)
+    out["forward_return"] = ret
+    return out.dropna(subset=["exit_date", "forward_return"])
+
+
 FEATURE_KINDS: dict[str, Callable[..., pd.Series]] = {
     "momentum": momentum,
     "reversal": reversal,
     "realized_volatility": realized_volatility,
     "volume_zscore": volume_zscore,
+    "amihud_illiquidity": amihud_illiquidity,
+    "distance_to_high": distance_to_high,
 }
+
+
+def lookback_sessions(spec: Sequence[Mapping[str, Any]]) -> int:
+    """Sessions of history before the first output date that ``spec`` needs for full windows.
+
+    A stage that computes features for ``[start, end]`` reads its prices from
+    ``calendar.sessions_before(start, lookback_sessions(spec))`` and writes only ``[start, end]``.
+    (Counted in sessions; a symbol with missing bars needs more rows than that.)
+    """
+    import inspect
+
+    needed = 0
+    for item in spec:
+        kind = item.get("kind")
+        if kind not in FEATURE_KINDS:
+            raise ValueError(f"Unknown feature kind {kind!r}; known kinds: {sorted(FEATURE_KINDS)}.")
+        default = inspect.signature(FEATURE_KINDS[kind]).parameters.get("window")
+        window = item.get("window", default.default if default is not None else 1)
+        needed = max(needed, int(window))
+    return needed
 
 
 def _run_spec(prices: pd.DataFrame, item: Mapping[str, Any]) -> tuple[str, pd.Series]:
@@ -190,4 +261,20 @@ def compute_features(prices: pd.DataFrame, *, spec: Sequence[Mapping[str, Any]])
         if name in out.columns:
             raise ValueError(f"Feature name {name!r} is duplicated or reserved; rename it.")
         out[name] = values
+    return out
+
+
+def at_session_close(
+    frame: pd.DataFrame, *, calendar: str = "XNYS", known_after: pd.Timedelta | None = None
+) -> pd.DataFrame:
+    """``frame`` plus ``event_time`` (the session close of ``date``, UTC) and ``known_time``.
+
+    ``known_time`` is the close plus ``known_after`` (default 0: a value computed from closing
+    prices is known at the close). This is the time stamp of every daily feature view.
+    """
+    from qsdk.quant.calendar import session_closes
+
+    out = frame.copy()
+    out["event_time"] = session_closes(out["date"], calendar=calendar)
+    out["known_time"] = out["event_time"] + (known_after or pd.Timedelta(0))
     return out

@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 FACTOR = "factor"
 RETURN = "forward_return"
@@ -147,26 +146,13 @@ def ic_summary(ic: pd.Series) -> ICSummary:
     if std == 0:
         return ICSummary(mean, std, math.nan, math.nan, math.nan, n)
     t_stat = mean / (std / math.sqrt(n))
+    from scipy import stats  # imported here: scipy costs ~0.5 s at import, and only this needs it
+
     p_value = float(2.0 * stats.t.sf(abs(t_stat), df=n - 1))
     return ICSummary(mean, std, mean / std, t_stat, p_value, n)
 
 
 # --------------------------------------------------------------------------- quantiles
-
-
-def _qcut_labels(values: pd.Series, *, quantiles: int, ties: Ties) -> pd.Series:
-    """1..q labels for one date; all-NA if too few names or (ties='drop') duplicate bin edges."""
-    out = pd.Series(pd.NA, index=values.index, dtype="Int64")
-    valid = values.dropna()
-    if len(valid) < quantiles:
-        return out
-    x = valid.rank(method="first") if ties == "first" else valid
-    try:
-        labels = pd.qcut(x, quantiles, labels=False)
-    except ValueError:  # non-unique bin edges: ties straddle a quantile boundary
-        return out
-    out.loc[valid.index] = labels.astype("int64") + 1
-    return out
 
 
 def quantize(df: pd.DataFrame, *, quantiles: int = 5, ties: Ties = "drop") -> pd.Series:
@@ -178,17 +164,34 @@ def quantize(df: pd.DataFrame, *, quantiles: int = 5, ties: Ties = "drop") -> pd
     left unlabeled (alphalens raises or, with ``no_raise``, drops it); ``ties="first"`` cuts the
     ranks ``factor.rank(method="first")`` instead, breaking ties by row order.
     Returns an ``Int64`` Series named ``quantile`` aligned to ``df.index``.
+
+    Vectorized over dates (no per-date ``qcut`` call): the edges are the per-date linear
+    quantiles at ``0, 1/q, ..., 1``, and a value's label is the number of edges strictly below
+    it (at least 1): ``qcut``'s right-closed bins with the lowest value included.
     """
     quantiles = _check_quantiles(quantiles)
     if ties not in ("drop", "first"):
         raise ValueError(f"ties must be 'drop' or 'first', got {ties!r}.")
     _require(df, "df", ["date", "symbol", FACTOR])
-    parts = [
-        _qcut_labels(group.astype("float64"), quantiles=quantiles, ties=ties)
-        for _, group in df[FACTOR].groupby(df["date"], sort=False)
-    ]
-    labels = pd.concat(parts) if parts else pd.Series([], dtype="Int64")
-    return labels.reindex(df.index).astype("Int64").rename("quantile")
+    out = pd.Series(pd.NA, index=df.index, dtype="Int64", name="quantile")
+    values = df[FACTOR].astype("float64")
+    valid = values.notna().to_numpy()
+    if not valid.any():
+        return out
+    x, dates = values[valid], df["date"][valid]
+    if ties == "first":
+        x = x.groupby(dates, sort=False).rank(method="first")
+    probs = np.linspace(0.0, 1.0, quantiles + 1)
+    # as pd.qcut does (pandas >= 3): round a probability up when it is not exact in base 2
+    np.putmask(probs, quantiles * probs != np.arange(quantiles + 1), np.nextafter(probs, 1))
+    edges = x.groupby(dates, sort=True).quantile(probs).unstack()  # date x (q + 1)
+    counts = x.groupby(dates, sort=True).size()
+    usable = (counts >= quantiles) & (np.diff(edges.to_numpy(), axis=1) > 0).all(axis=1)
+    row_edges = edges.to_numpy()[edges.index.get_indexer(dates)]
+    labels = np.maximum((row_edges < x.to_numpy()[:, None]).sum(axis=1), 1)
+    keep = usable.reindex(dates).to_numpy()
+    out.iloc[np.flatnonzero(valid)[keep]] = labels[keep]
+    return out
 
 
 def _with_quantiles(
@@ -214,7 +217,10 @@ def quantile_returns(
     df: pd.DataFrame, *, quantiles: int = 5, ties: Ties = "drop"
 ) -> QuantileReturns:
     """Equal-weighted mean ``forward_return`` of each factor quantile (see :func:`quantize`)."""
-    d = _with_quantiles(df, quantiles=quantiles, ties=ties)
+    return _quantile_returns(_with_quantiles(df, quantiles=quantiles, ties=ties), quantiles)
+
+
+def _quantile_returns(d: pd.DataFrame, quantiles: int) -> QuantileReturns:
     by_date = d.groupby(["date", "quantile"])[RETURN].mean().unstack("quantile")
     by_date = by_date.reindex(columns=pd.Index(range(1, quantiles + 1), name="quantile"))
     return QuantileReturns(by_date=by_date, mean=by_date.mean().rename("mean_return"))
@@ -242,7 +248,13 @@ def quantile_turnover(
     if not 1 <= quantile <= quantiles:
         raise ValueError(f"quantile must be in 1..{quantiles}, got {quantile!r}.")
     d = _with_quantiles(df, quantiles=quantiles, ties=ties, with_returns=False)
+    return _quantile_turnover(d, quantile)
+
+
+def _quantile_turnover(d: pd.DataFrame, quantile: int) -> pd.Series:
     members = d.loc[d["quantile"] == quantile, ["date", "symbol"]]
+    if members.empty:
+        return pd.Series([], dtype="float64", name="turnover", index=pd.Index([], name="date"))
     dates = pd.Index(members["date"].drop_duplicates().sort_values())
     prev_of = pd.Series(dates[:-1], index=dates[1:])
     previous = pd.MultiIndex.from_arrays([members["date"].map(prev_of), members["symbol"]])
@@ -309,7 +321,10 @@ def long_short_returns(
     quantiles = _check_quantiles(quantiles)
     if not math.isfinite(float(cost_bps)) or cost_bps < 0:
         raise ValueError(f"cost_bps must be a finite number >= 0, got {cost_bps!r}.")
-    d = _with_quantiles(df, quantiles=quantiles, ties=ties)
+    return _long_short(_with_quantiles(df, quantiles=quantiles, ties=ties), quantiles, cost_bps)
+
+
+def _long_short(d: pd.DataFrame, quantiles: int, cost_bps: float) -> pd.DataFrame:
     top, bottom = d[d["quantile"] == quantiles], d[d["quantile"] == 1]
     dates = pd.Index(sorted(set(top["date"]) & set(bottom["date"])), name="date")
     if len(dates) == 0:
@@ -408,3 +423,79 @@ def performance_summary(returns: pd.Series, *, periods_per_year: int = 252) -> P
         trough_date=trough,
         recovery_date=recovery,
     )
+
+
+# --------------------------------------------------------------------------- everything at once
+
+
+@dataclass(frozen=True)
+class FactorEvaluation:
+    """Output of :func:`evaluate_factor`.
+
+    ``summary``: flat metrics (see :func:`evaluate_factor`); ``daily``: per signal date
+    ``ic, rank_ic, top_minus_bottom, long, short, gross, turnover, cost, net, top_turnover,
+    bottom_turnover, rank_autocorrelation``; ``quantile_mean``: mean forward return per quantile
+    (index ``1..quantiles``)."""
+
+    summary: dict[str, float]
+    daily: pd.DataFrame
+    quantile_mean: pd.Series
+
+
+def evaluate_factor(
+    df: pd.DataFrame,
+    *,
+    quantiles: int = 5,
+    cost_bps: float = 0.0,
+    periods_per_year: int = 252,
+    ties: Ties = "drop",
+) -> FactorEvaluation:
+    """The alphalens tear sheet's numbers for one factor, each with this module's definition.
+
+    ``summary`` keys: ``n_dates``; ``ic_*`` (Pearson) and ``rank_ic_*`` (Spearman) ``mean, std,
+    ir, t_stat, p_value`` (:func:`ic_summary`); ``top_minus_bottom_mean``;
+    ``top_turnover_mean``/``bottom_turnover_mean`` (:func:`quantile_turnover`);
+    ``rank_autocorrelation_mean``; ``ls_*`` and ``ls_net_*`` ``annual_return, sharpe,
+    max_drawdown`` of the gross and net (``cost_bps``) long-short returns
+    (:func:`long_short_returns`, :func:`performance_summary`) and ``ls_turnover_mean``.
+    A metric that cannot be computed (too few dates or names) is NaN rather than an error.
+    Quantiles are computed once per frame (with and without the return filter).
+    """
+    quantiles = _check_quantiles(quantiles)
+    nan = math.nan
+    summary: dict[str, float] = {}
+    ic = information_coefficient(df, method="pearson")
+    rank_ic = information_coefficient(df, method="spearman")
+    summary["n_dates"] = float(rank_ic.size)
+    for prefix, series in (("ic", ic), ("rank_ic", rank_ic)):
+        try:
+            stats_ = ic_summary(series).to_dict()
+        except ValueError:
+            stats_ = dict.fromkeys(("mean", "std", "ir", "t_stat", "p_value"), nan)
+        for key in ("mean", "std", "ir", "t_stat", "p_value"):
+            summary[f"{prefix}_{key}"] = float(stats_[key])
+    with_returns = _with_quantiles(df, quantiles=quantiles, ties=ties)
+    factor_only = _with_quantiles(df, quantiles=quantiles, ties=ties, with_returns=False)
+    qr = _quantile_returns(with_returns, quantiles)
+    spread = (qr.by_date[quantiles] - qr.by_date[1]).dropna().rename("top_minus_bottom")
+    top_to = _quantile_turnover(factor_only, quantiles).rename("top_turnover")
+    bottom_to = _quantile_turnover(factor_only, 1).rename("bottom_turnover")
+    autocorr = factor_rank_autocorrelation(df).rename("rank_autocorrelation")
+    summary["top_minus_bottom_mean"] = float(spread.mean()) if len(spread) else nan
+    summary["top_turnover_mean"] = float(top_to.mean()) if top_to.notna().any() else nan
+    summary["bottom_turnover_mean"] = float(bottom_to.mean()) if bottom_to.notna().any() else nan
+    summary["rank_autocorrelation_mean"] = float(autocorr.mean()) if autocorr.notna().any() else nan
+    try:
+        ls = _long_short(with_returns, quantiles, cost_bps)
+    except ValueError:
+        ls = pd.DataFrame(columns=["long", "short", "gross", "turnover", "cost", "net"], dtype="float64")
+    for prefix, column in (("ls", "gross"), ("ls_net", "net")):
+        perf = performance_summary(ls[column], periods_per_year=periods_per_year) if len(ls) else None
+        summary[f"{prefix}_annual_return"] = perf.annualized_return if perf else nan
+        summary[f"{prefix}_sharpe"] = perf.sharpe if perf else nan
+        summary[f"{prefix}_max_drawdown"] = perf.max_drawdown if perf else nan
+    summary["ls_turnover_mean"] = float(ls["turnover"].mean()) if len(ls) else nan
+    daily = pd.concat([ic.rename("ic"), rank_ic.rename("rank_ic"), spread, ls, top_to, bottom_to, autocorr],
+                      axis=1).sort_index()
+    daily.index.name = "date"
+    return FactorEvaluation(summary=summary, daily=daily, quantile_mean=qr.mean)

@@ -16,7 +16,10 @@ same *eligible set* but the wrong row when ``known_time`` is not monotone in ``e
 (e.g. an old period restated after a newer period was published). Here the eligible prefix
 (sorted by ``available_at``) is reduced with a running arg-max of the ``(event_time, known_time)``
 priority, then ``merge_asof`` picks the prefix end for each query; everything is vectorized.
-This matches Feast's point-in-time join semantics (event timestamp + created timestamp + ttl).
+This extends Feast's point-in-time join (latest ``event_timestamp <= t`` within ``ttl``, the
+created timestamp breaking ties) by also requiring ``known_time <= t``.
+
+Times may be tz-naive or tz-aware (not mixed); tz-aware times are compared as UTC instants.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ def point_in_time_join(
     timestamp: str = "timestamp",
     event_time: str = "event_time",
     known_time: str = "known_time",
-    ttl: pd.Timedelta | None = None,
+    ttl: pd.Timedelta | str | None = None,
     features: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Attach to each ``(entity, timestamp)`` row the latest feature values known at ``timestamp``.
@@ -131,7 +134,12 @@ def point_in_time_join(
     _require(feature_df, "feature_df", [entity, event_time, known_time])
     features = _resolve_features(entity_df, feature_df, [entity, event_time, known_time], features)
     if ttl is not None:
-        ttl = pd.Timedelta(ttl)
+        try:
+            ttl = pd.Timedelta(ttl)
+        except ValueError as exc:
+            raise ValueError(
+                f"ttl={ttl!r} is not a duration; pass e.g. pd.Timedelta(days=5)."
+            ) from exc
         if ttl is pd.NaT or ttl < pd.Timedelta(0):
             raise ValueError(f"ttl must be a non-negative pd.Timedelta or None, got {ttl!r}.")
 

@@ -16,6 +16,7 @@ import pandas as pd
 Source = Literal["bokeh", "synthetic"]
 BOKEH_SYMBOLS = ("AAPL", "FB", "GOOG", "IBM", "MSFT")
 PRICE_COLUMNS = ["date", "symbol", "open", "high", "low", "close", "volume", "adj_close"]
+SYNTHETIC_HISTORY_START = "2000-01-03"
 
 
 def load_bokeh(symbols: list[str] | None = None, *, start: str | dt.date, end: str | dt.date) -> pd.DataFrame:
@@ -49,18 +50,78 @@ def load(
     symbols: list[str] | None = None,
     n_symbols: int = 20,
     seed: int = 0,
-    history_start: str = "2000-01-03",
+    signal_strength: float = 0.0,
+    history_start: str = SYNTHETIC_HISTORY_START,
 ) -> pd.DataFrame:
-    """Bars from ``source`` for [start, end]. The synthetic history is generated from
-    ``history_start`` so that every partition of a backfill sees the same path."""
+    """Bars from ``source`` for [start, end].
+
+    The synthetic market is generated from ``history_start`` (prefix-stable, adjustment
+    anchored at each symbol's first session: see :mod:`qsdk.quant.synthetic`), so every
+    partition of a backfill, and every later daily run, sees one and the same market.
+    ``signal_strength`` plants the signal of :func:`load_signals` into the synthetic returns.
+    """
     if source == "bokeh":
         return load_bokeh(symbols, start=start, end=end)
     if source == "synthetic":
-        from qsdk.quant.synthetic import generate_prices
-
-        data = generate_prices(n_symbols=n_symbols, start=history_start, end=end, seed=seed)
-        data = data[(data["date"] >= pd.Timestamp(start)) & (data["date"] <= pd.Timestamp(end))]
-        if symbols:
-            data = data[data["symbol"].isin(symbols)]
-        return data[PRICE_COLUMNS].reset_index(drop=True)
+        panel = _synthetic_panel(end=end, n_symbols=n_symbols, seed=seed, signal_strength=signal_strength,
+                                 history_start=history_start)
+        if panel is None:
+            return _empty(PRICE_COLUMNS)
+        return _slice(panel.prices, start=start, end=end, symbols=symbols)[PRICE_COLUMNS]
     raise ValueError(f"unknown source {source!r}; use 'bokeh' or 'synthetic'")
+
+
+def load_signals(
+    source: Source,
+    *,
+    start: str,
+    end: str,
+    symbols: list[str] | None = None,
+    n_symbols: int = 20,
+    seed: int = 0,
+    signal_strength: float = 0.0,
+    history_start: str = SYNTHETIC_HISTORY_START,
+) -> pd.DataFrame:
+    """A vendor's daily alpha signal: columns ``date, symbol, value``, published at the close of
+    ``date``.
+
+    ``synthetic``: the generator's planted signal (same arguments as :func:`load` give the
+    matching market; it predicts the return from close ``date+1`` to close ``date+2`` with
+    strength ``signal_strength``, and is pure noise at 0). ``bokeh`` ships no signal: an
+    empty frame.
+    """
+    if source == "bokeh":
+        return _empty(["date", "symbol", "value"])
+    if source == "synthetic":
+        panel = _synthetic_panel(end=end, n_symbols=n_symbols, seed=seed, signal_strength=signal_strength,
+                                 history_start=history_start)
+        if panel is None:
+            return _empty(["date", "symbol", "value"])
+        return _slice(panel.signal, start=start, end=end, symbols=symbols)
+    raise ValueError(f"unknown source {source!r}; use 'bokeh' or 'synthetic'")
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    types = {"date": "datetime64[ns]", "symbol": "str", "volume": "int64"}
+    return pd.DataFrame({c: pd.Series([], dtype=types.get(c, "float64")) for c in columns})
+
+
+def _synthetic_panel(*, end: str, n_symbols: int, seed: int, signal_strength: float, history_start: str):
+    """The synthetic market from ``history_start`` through ``end`` (at least the generator's
+    minimum length: prefix stability makes the extra sessions harmless); None before it starts."""
+    from qsdk.quant.calendar import sessions
+    from qsdk.quant.synthetic import MIN_SESSIONS, generate_panel
+
+    if pd.Timestamp(end) < pd.Timestamp(history_start):
+        return None
+    first_sessions = sessions(history_start, pd.Timestamp(history_start) + pd.Timedelta(days=3 * MIN_SESSIONS))
+    until = max(pd.Timestamp(end), first_sessions[MIN_SESSIONS - 1])
+    return generate_panel(n_symbols=n_symbols, start=history_start, end=until, seed=seed,
+                          signal_strength=signal_strength, adjustment_anchor="first")
+
+
+def _slice(frame: pd.DataFrame, *, start: str, end: str, symbols: list[str] | None) -> pd.DataFrame:
+    keep = (frame["date"] >= pd.Timestamp(start)) & (frame["date"] <= pd.Timestamp(end))
+    if symbols:
+        keep &= frame["symbol"].isin(symbols)
+    return frame[keep].reset_index(drop=True)

@@ -5,13 +5,22 @@ identical frame) and mimics the awkward parts of real vendor data:
 
 * dates are trading sessions of an exchange calendar (:func:`qsdk.quant.calendar.sessions`);
 * some symbols list late and some delist early (``listing_delisting=True``), so the panel is
-  unbalanced;
+  unbalanced (a late lister whose listing session falls after ``end`` has no rows at all);
 * prices are **unadjusted** (as traded): on a 2:1 split ex-date the raw price halves and the raw
   share volume doubles; on a dividend ex-date the raw price drops by the dividend;
 * ``adj_close`` is the split- and dividend-adjusted close with Yahoo's convention: adjusted
   *backwards* from the latest date, so the last ``adj_close`` equals the last ``close``, and each
   corporate action multiplies all earlier closes by its factor (split ``k:1`` -> ``1/k``; cash
-  dividend ``D`` with previous raw close ``P`` -> ``1 - D/P``).
+  dividend ``D`` with previous raw close ``P`` -> ``1 - D/P``). With ``adjustment_anchor="first"``
+  the same factors are anchored at each symbol's first session instead (``adj_close == close``
+  there), so that ``adj_close`` too never changes when the range grows.
+
+**Prefix stability.** Every value at a session depends only on ``seed``, ``n_symbols``, ``start``
+and the options, never on ``end``: each random array has its own stream (spawned from ``seed``)
+and is drawn time-major, listing and delisting are counted in sessions from ``start``. So
+``generate_panel(end=E1)`` equals ``generate_panel(end=E2)`` on the sessions up to ``E1`` (with
+``adjustment_anchor="first"``, bit for bit in every column). A backfill that generates one
+partition at a time therefore sees one continuous market.
 
 Return model (per symbol ``i``, session index ``t``; ``r`` is the log return of ``adj_close`` from
 close ``t-1`` to close ``t``)::
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -48,6 +58,12 @@ DIVIDEND_EVERY = 63  # sessions between dividends of a dividend payer (about qua
 MIN_SESSIONS = 30
 DAILY_DRIFT = 0.0003
 MARKET_VOL = 0.01
+LISTING_WINDOW = 126  # a late lister lists within this many sessions after ``start``
+LIFETIME = (126, 756)  # an early delister trades this many sessions (uniform) after listing
+AdjustmentAnchor = Literal["last", "first"]
+# one independent random stream per array, so no draw shifts another when the range changes
+_STREAMS = ("symbols", "market", "z", "eps", "split_u", "split_choice", "gap", "up", "down",
+            "volume_noise")
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,7 @@ def generate_prices(
     split_prob: float = 0.002,
     listing_delisting: bool = True,
     signal_strength: float = 0.0,
+    adjustment_anchor: AdjustmentAnchor = "last",
 ) -> pd.DataFrame:
     """Synthetic unadjusted daily OHLCV prices plus Yahoo-style ``adj_close``.
 
@@ -87,8 +104,9 @@ def generate_prices(
 
     ``split_prob`` is the probability of a split on each listed symbol-session (ratios 2:1, 3:1,
     3:2 with probabilities 0.6/0.2/0.2). About half of the symbols pay a small quarterly dividend
-    (0.2%-0.8% of the price). With ``listing_delisting`` about 20% of symbols list during the first
-    third of the range and about 15% delist during the last third.
+    (0.2%-0.8% of the price). With ``listing_delisting`` about 20% of symbols list within the first
+    ``LISTING_WINDOW`` sessions and about 15% delist ``LIFETIME`` sessions after their listing.
+    ``adjustment_anchor``: ``"last"`` (Yahoo: last ``adj_close == close``) or ``"first"``.
 
     Invariants: ``high >= max(open, close)``, ``low <= min(open, close)``, prices > 0, volume > 0.
     See the module docstring for the return model and :func:`generate_panel` for the signal.
@@ -102,6 +120,7 @@ def generate_prices(
         split_prob=split_prob,
         listing_delisting=listing_delisting,
         signal_strength=signal_strength,
+        adjustment_anchor=adjustment_anchor,
     ).prices
 
 
@@ -128,6 +147,7 @@ def generate_panel(
     split_prob: float = 0.002,
     listing_delisting: bool = True,
     signal_strength: float = 0.0,
+    adjustment_anchor: AdjustmentAnchor = "last",
 ) -> SyntheticPanel:
     """Generate prices together with the planted signal and the corporate actions.
 
@@ -136,6 +156,8 @@ def generate_panel(
     docstring for the exact model.
     """
     _validate(n_symbols, seed, split_prob, signal_strength)
+    if adjustment_anchor not in ("last", "first"):
+        raise ValueError(f"adjustment_anchor must be 'last' or 'first', got {adjustment_anchor!r}.")
     days = sessions(start, end, calendar=calendar)
     n, t_len = int(n_symbols), len(days)
     if t_len < MIN_SESSIONS:
@@ -143,8 +165,7 @@ def generate_panel(
             f"The range {start}..{end} has {t_len} sessions; use a range with at least "
             f"{MIN_SESSIONS} sessions."
         )
-    rng = np.random.default_rng(seed)
-    draws = _draw(rng, n, t_len)
+    draws = _draw(int(seed), n, t_len)
     first, last = _listing_window(draws, t_len, listing_delisting=listing_delisting)
     cols = np.arange(t_len)[None, :]
     listed = (cols >= first[:, None]) & (cols <= last[:, None])
@@ -158,8 +179,11 @@ def generate_panel(
     log_close = np.log(draws["p0"])[:, None] + np.cumsum(increments, axis=1)
     close = np.exp(log_close)
     cum_mult = np.cumsum(log_mult, axis=1)
-    last_cum = np.take_along_axis(cum_mult, last[:, None], axis=1)
-    adj_close = close * np.exp(last_cum - cum_mult)
+    if adjustment_anchor == "last":
+        last_cum = np.take_along_axis(cum_mult, last[:, None], axis=1)
+        adj_close = close * np.exp(last_cum - cum_mult)
+    else:  # cum_mult is 0 up to the listing session: adj_close == close there
+        adj_close = close * np.exp(-cum_mult)
 
     open_, high, low = _ohlc(draws, close, split_k, div_yield, after_first)
     volume = _volume(draws, log_ret, split_k, after_first)
@@ -197,9 +221,17 @@ def generate_panel(
     return SyntheticPanel(prices=prices, signal=signal, corporate_actions=actions)
 
 
-def _draw(rng: np.random.Generator, n: int, t_len: int) -> dict[str, np.ndarray]:
-    """All random numbers, drawn in a fixed order so options never shift the stream."""
-    shape = (n, t_len)
+def _draw(seed: int, n: int, t_len: int) -> dict[str, np.ndarray]:
+    """All random numbers. Each array has its own stream; panels are drawn time-major (shape
+    ``(t_len, n)``, then transposed), so a longer range only appends draws: prefix stability."""
+    streams = dict(zip(_STREAMS, (np.random.default_rng(s) for s in
+                                  np.random.SeedSequence(seed).spawn(len(_STREAMS))), strict=True))
+    rng = streams["symbols"]
+    shape = (t_len, n)
+
+    def panel(name: str, draw) -> np.ndarray:
+        return np.ascontiguousarray(draw(streams[name], shape).T)
+
     return {
         "p0": np.exp(rng.uniform(np.log(10.0), np.log(200.0), n)),
         "vol": rng.uniform(0.01, 0.03, n),
@@ -209,18 +241,19 @@ def _draw(rng: np.random.Generator, n: int, t_len: int) -> dict[str, np.ndarray]
         "div_yield": rng.uniform(0.002, 0.008, n),
         "div_offset": rng.integers(1, DIVIDEND_EVERY + 1, n),
         "late": rng.random(n) < 0.20,
-        "list_idx": rng.integers(1, t_len // 3 + 1, n),
+        "list_idx": rng.integers(1, LISTING_WINDOW + 1, n),
         "early": rng.random(n) < 0.15,
-        "delist_idx": rng.integers(2 * t_len // 3, t_len - 1, n),
-        "market": rng.normal(0.0, MARKET_VOL, t_len),
-        "z": rng.standard_normal(shape),
-        "eps": rng.standard_normal(shape),
-        "split_u": rng.random(shape),
-        "split_choice": rng.choice(len(SPLIT_RATIOS), size=shape, p=SPLIT_RATIO_PROBS),
-        "gap": rng.standard_normal(shape),
-        "up": np.abs(rng.standard_normal(shape)),
-        "down": np.abs(rng.standard_normal(shape)),
-        "volume_noise": rng.standard_normal(shape),
+        "lifetime": rng.integers(LIFETIME[0], LIFETIME[1] + 1, n),
+        "market": streams["market"].normal(0.0, MARKET_VOL, t_len),
+        "z": panel("z", lambda g, sh: g.standard_normal(sh)),
+        "eps": panel("eps", lambda g, sh: g.standard_normal(sh)),
+        "split_u": panel("split_u", lambda g, sh: g.random(sh)),
+        "split_choice": panel("split_choice",
+                              lambda g, sh: g.choice(len(SPLIT_RATIOS), size=sh, p=SPLIT_RATIO_PROBS)),
+        "gap": panel("gap", lambda g, sh: g.standard_normal(sh)),
+        "up": np.abs(panel("up", lambda g, sh: g.standard_normal(sh))),
+        "down": np.abs(panel("down", lambda g, sh: g.standard_normal(sh))),
+        "volume_noise": panel("volume_noise", lambda g, sh: g.standard_normal(sh)),
     }
 
 
@@ -233,7 +266,7 @@ def _listing_window(
     last = np.full(n, t_len - 1, dtype=np.int64)
     if listing_delisting:
         first = np.where(draws["late"], draws["list_idx"], first)
-        last = np.where(draws["early"], draws["delist_idx"], last)
+        last = np.where(draws["early"], np.minimum(first + draws["lifetime"], t_len - 1), last)
     return first, last
 
 

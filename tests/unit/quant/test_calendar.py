@@ -31,7 +31,12 @@ def test_sessions_full_year_count_and_holidays():
 
 def test_sessions_reach_back_before_default_calendar_start():
     out = sessions("1995-01-02", "1995-01-06")  # Jan 2 1995 was a holiday (New Year observed)
-    assert list(out.strftime("%Y-%m-%d")) == ["1995-01-03", "1995-01-04", "1995-01-05", "1995-01-06"]
+    assert list(out.strftime("%Y-%m-%d")) == [
+        "1995-01-03",
+        "1995-01-04",
+        "1995-01-05",
+        "1995-01-06",
+    ]
 
 
 def test_sessions_accepts_dates_and_timestamps_with_time():
@@ -89,7 +94,10 @@ def test_month_partitions_clip_and_tile():
 
 def test_partitions_single_day_and_contiguity():
     assert month_partitions("2021-05-05", "2021-05-05") == [(dt.date(2021, 5, 5),) * 2]
-    for parts in (month_partitions("2019-11-20", "2022-02-10"), year_partitions("2019-11-20", "2022-02-10")):
+    for parts in (
+        month_partitions("2019-11-20", "2022-02-10"),
+        year_partitions("2019-11-20", "2022-02-10"),
+    ):
         assert parts[0][0] == dt.date(2019, 11, 20) and parts[-1][1] == dt.date(2022, 2, 10)
         for (_, prev_end), (nxt_start, _) in zip(parts, parts[1:], strict=False):
             assert nxt_start - prev_end == dt.timedelta(days=1)
@@ -104,3 +112,26 @@ def test_year_partitions():
     ]
     with pytest.raises(ValueError, match="after end"):
         year_partitions("2021-01-01", "2020-01-01")
+
+
+def test_session_closes_are_utc_and_know_early_closes_and_dst():
+    from qsdk.quant.calendar import session_closes
+
+    out = session_closes(["2012-07-03", "2012-07-05", "2012-12-03"])
+    # July 3rd 2012 closed at 13:00 New York (EDT, UTC-4); December is EST (UTC-5)
+    assert list(out) == [pd.Timestamp("2012-07-03 17:00", tz="UTC"), pd.Timestamp("2012-07-05 20:00", tz="UTC"),
+                         pd.Timestamp("2012-12-03 21:00", tz="UTC")]
+    with pytest.raises(ValueError, match="2012-07-04 is not a trading session of calendar XNYS"):
+        session_closes(["2012-07-03", "2012-07-04"])
+    assert len(session_closes([])) == 0
+
+
+def test_sessions_before_counts_sessions_back_from_the_first_session():
+    from qsdk.quant.calendar import sessions_before
+
+    # 2015-01-03 is a Saturday: the first session on or after it is Monday 2015-01-05
+    assert sessions_before("2015-01-03", 0) == pd.Timestamp("2015-01-05")
+    assert sessions_before("2015-01-03", 2) == pd.Timestamp("2014-12-31")  # 01-02, then 12-31
+    assert sessions_before("1990-01-10", 1000) == pd.Timestamp("1990-01-02")  # clamped
+    with pytest.raises(ValueError, match="count"):
+        sessions_before("2015-01-05", -1)

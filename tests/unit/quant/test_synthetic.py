@@ -64,7 +64,9 @@ def test_last_adj_close_equals_last_close(prices):
 
 def test_listing_and_delisting():
     n_sessions = len(sessions("2015-01-01", "2016-12-31"))
-    with_ld = generate_prices(n_symbols=40, seed=2).groupby("symbol")["date"].agg(["min", "max", "size"])
+    with_ld = (
+        generate_prices(n_symbols=40, seed=2).groupby("symbol")["date"].agg(["min", "max", "size"])
+    )
     assert (with_ld["size"] < n_sessions).sum() >= 2
     assert (with_ld["min"] > pd.Timestamp("2015-01-02")).any()  # listed late
     assert (with_ld["max"] < pd.Timestamp("2016-12-30")).any()  # delisted early
@@ -121,7 +123,10 @@ def test_generate_panel_prices_match_generate_prices_and_signal_schema():
 
 def _signal_ic_t(signal_strength: float, *, lag: int, seed: int = 0) -> float:
     panel = generate_panel(
-        n_symbols=50, start="2015-01-01", end="2015-12-31", seed=seed,
+        n_symbols=50,
+        start="2015-01-01",
+        end="2015-12-31",
+        seed=seed,
         signal_strength=signal_strength,
     )
     px = panel.prices.assign(forward_return=forward_returns(panel.prices, horizon=1, lag=lag))
@@ -153,3 +158,40 @@ def test_null_mode_signal_has_no_significant_ic(seed):
 def test_invalid_arguments_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         generate_prices(**kwargs)
+
+
+def test_values_never_depend_on_the_end_of_the_range():
+    """Prefix stability: a partitioned backfill generates one continuous market."""
+    kwargs = {"n_symbols": 12, "start": "2015-01-01", "seed": 7, "signal_strength": 0.1, "split_prob": 0.01}
+    short = generate_panel(end="2015-08-31", adjustment_anchor="first", **kwargs)
+    long = generate_panel(end="2016-12-31", adjustment_anchor="first", **kwargs)
+    cut = pd.Timestamp("2015-08-31")
+    for name in ("prices", "signal", "corporate_actions"):
+        longer = getattr(long, name)
+        pd.testing.assert_frame_equal(getattr(short, name), longer[longer["date"] <= cut].reset_index(drop=True))
+    # the anchor changes adj_close only (Yahoo anchoring restates it when the range grows)
+    yahoo = generate_prices(end="2015-08-31", **kwargs)
+    pd.testing.assert_frame_equal(yahoo.drop(columns="adj_close"), short.prices.drop(columns="adj_close"))
+    first_rows = short.prices.groupby("symbol").head(1)
+    assert (first_rows["adj_close"] == first_rows["close"]).all()
+
+
+def test_synthetic_source_partitions_join_into_one_market():
+    from qsdk.quant import sources
+
+    args = {"n_symbols": 6, "seed": 3, "signal_strength": 0.2}
+    whole = sources.load("synthetic", start="2003-01-01", end="2004-12-31", **args)
+    parts = pd.concat([sources.load("synthetic", start="2003-01-01", end="2003-12-31", **args),
+                       sources.load("synthetic", start="2004-01-01", end="2004-12-31", **args)], ignore_index=True)
+    pd.testing.assert_frame_equal(whole.sort_values(["symbol", "date"]).reset_index(drop=True),
+                                  parts.sort_values(["symbol", "date"]).reset_index(drop=True))
+    signal = sources.load_signals("synthetic", start="2004-01-01", end="2004-12-31", **args)
+    assert list(signal.columns) == ["date", "symbol", "value"]
+    assert len(signal) == len(whole[whole["date"] >= "2004-01-01"])
+    assert len(sources.load_signals("bokeh", start="2004-01-01", end="2004-12-31")) == 0
+    # the market starts on 2000-01-03: nothing before, and a short first window is its prefix
+    assert len(sources.load("synthetic", start="1999-01-01", end="1999-12-31", **args)) == 0
+    early = sources.load("synthetic", start="1999-01-01", end="2000-01-10", **args)
+    longer = sources.load("synthetic", start="2000-01-01", end="2000-03-31", **args)
+    assert early["date"].min() == pd.Timestamp("2000-01-03")
+    pd.testing.assert_frame_equal(early, longer[longer["date"] <= "2000-01-10"].reset_index(drop=True))

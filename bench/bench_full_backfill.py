@@ -1,0 +1,189 @@
+"""The full backfill on synthetic data (default 500 symbols x 10 years of daily bars): the
+notebook flow versus the same computations as one plain Python script.
+
+Both run as child processes, one after the other, and are measured the same way: wall time;
+peak memory as the largest resident set of any one process of the run (``os.wait4`` reports
+the child's peak together with every descendant it reaped: the flow's kernels); and the peak of
+the whole process tree's summed resident sets, sampled every 0.2 s with psutil (what the
+machine needed at once: driver, kernels, Ray's processes).
+The script calls the same ``qsdk.quant`` functions as the notebooks, on the whole range at
+once, in memory (no Delta, no kernels, no partitions); the flow runs every stage partitioned
+by year, tracking off, with each executor asked for: ``local`` (sequential, one pre-warmed
+kernel) and ``ray`` (embedded Ray on this machine's cores, one pre-warmed kernel per worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# the notebooks' feature specs and composite weights (notebooks/research/features.ipynb, alpha.ipynb)
+MOMENTUM = [
+    {"name": "mom_21", "kind": "momentum", "window": 21},
+    {"name": "mom_63", "kind": "momentum", "window": 63},
+    {"name": "mom_126", "kind": "momentum", "window": 126},
+    {"name": "mom_12_1", "kind": "momentum", "window": 252, "skip": 21},
+    {"name": "rev_5", "kind": "reversal", "window": 5},
+    {"name": "high_252", "kind": "distance_to_high", "window": 252},
+]
+RISK = [
+    {"name": "vol_21", "kind": "realized_volatility", "window": 21},
+    {"name": "vol_63", "kind": "realized_volatility", "window": 63},
+    {"name": "volume_z_21", "kind": "volume_zscore", "window": 21},
+    {"name": "amihud_21", "kind": "amihud_illiquidity", "window": 21},
+]
+COMPOSITE = {"mom_12_1": 1.0, "rev_5": 1.0, "vol_63": -1.0}
+
+
+def run_script(p: dict) -> dict:
+    """ingest -> clean -> features -> labels -> alpha -> evaluate, in memory."""
+    import pandas as pd
+
+    from qsdk.quant import adjust, alpha, metrics, sources
+    from qsdk.quant import calendar as cal
+    from qsdk.quant import features as F
+    from qsdk.quant.pit import point_in_time_join
+
+    args = {"n_symbols": p["n_symbols"], "seed": p["seed"], "signal_strength": p["signal_strength"]}
+    bars = sources.load("synthetic", start=p["start"], end=p["end"], **args)
+    signals = sources.load_signals("synthetic", start=p["start"], end=p["end"], **args)
+    signals["published_at"] = cal.session_closes(signals["date"])
+    report = cal.validate_dates(bars["date"])
+    clean = bars[~bars["date"].isin(report.non_sessions)]
+    adjust.corporate_actions(clean)
+    prices = adjust.adjusted_prices(clean).reset_index(drop=True)
+
+    momentum = F.at_session_close(F.compute_features(prices, spec=MOMENTUM))
+    risk = F.at_session_close(F.compute_features(prices, spec=RISK))
+    vendor = signals.rename(columns={"value": "vendor_signal", "published_at": "known_time"})
+    vendor["event_time"] = cal.session_closes(vendor["date"])
+    labels = F.label_frame(prices, lag=1, horizon=1)
+    labels["known_time"] = cal.session_closes(labels["exit_date"])
+
+    panel = prices[["date", "symbol"]].assign(timestamp=cal.session_closes(prices["date"]))
+    for view in (momentum, risk, vendor):
+        names = [c for c in view.columns if c not in ("date", "symbol", "event_time", "known_time")]
+        panel = point_in_time_join(panel, view.drop(columns="date"), ttl=pd.Timedelta(days=10), features=names)
+    features = [c for c in panel.columns if c not in ("date", "symbol", "timestamp")]
+    z = alpha.cross_sectional_zscore(panel, features)
+    ics = alpha.feature_ics(panel[["date", "symbol"]].join(z).merge(labels, on=["date", "symbol"]), features)
+    decisions = panel.drop_duplicates("date").set_index("date")["timestamp"].sort_index()
+    weights = alpha.point_in_time_ic_weights(ics, labels.groupby("date")["known_time"].max(), decisions,
+                                             window=252, min_periods=20)
+    scores = {"composite": alpha.combine(z, COMPOSITE),
+              "ic_weighted": alpha.combine(z, weights.reindex(panel["date"]).set_axis(panel.index))}
+
+    factors = {name: panel[["date", "symbol"]].assign(factor=s) for name, s in scores.items()}
+    factors |= {f: panel[["date", "symbol", f]].rename(columns={f: "factor"}) for f in features}
+    out = {}
+    for name, frame in factors.items():
+        ev = metrics.evaluate_factor(metrics.merge_factor_returns(frame, labels, factor_column="factor"),
+                                     quantiles=5, cost_bps=5.0)
+        out[name] = ev.summary["rank_ic_mean"]
+    return out
+
+
+def run_flow(p: dict, work: Path, executor: str) -> dict:
+    from deltalake import DeltaTable
+
+    from qsdk.executors import get_executor
+    from qsdk.sdk import QuantSDK
+
+    sdk = QuantSDK(REPO, lakehouse_root=work / "lake", runs_dir=work / "runs")
+    params = {"source": "synthetic", **{k: p[k] for k in ("start", "end", "n_symbols", "seed", "signal_strength")}}
+    sdk.run_pipeline("backfill", params=params, track=False, executor=get_executor(executor, prewarm=1))
+    evaluation = DeltaTable(str(work / "lake" / "gold" / "alpha_evaluation")).to_pandas()
+    return dict(zip(evaluation["factor"], evaluation["rank_ic_mean"], strict=True))
+
+
+def _sample_tree(pid: int, peak: list[float], stop: threading.Event) -> None:
+    import psutil
+
+    root = psutil.Process(pid)
+    while not stop.wait(0.2):
+        total = 0
+        try:
+            for proc in [root, *root.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            return
+        peak[0] = max(peak[0], total / 2**20)
+
+
+def _child(mode: str, p: dict) -> tuple[float, float, float, dict]:
+    """Run ``script`` or ``flow:EXECUTOR`` in a child process; return (wall seconds, peak RSS
+    of one process in MiB, peak summed RSS of the process tree in MiB, its result)."""
+    work = Path(tempfile.mkdtemp(prefix="qsdk-bench-"))
+    try:
+        cmd = [sys.executable, __file__, "--child", mode, "--work", str(work), "--params", json.dumps(p)]
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        tree_peak, stop = [0.0], threading.Event()
+        sampler = threading.Thread(target=_sample_tree, args=(proc.pid, tree_peak, stop), daemon=True)
+        sampler.start()
+        output = proc.stdout.read() if proc.stdout else ""
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        stop.set()
+        sampler.join()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{mode} failed (exit {os.waitstatus_to_exitcode(status)})")
+        return wall, usage.ru_maxrss / 1024, tree_peak[0], json.loads(output.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-symbols", type=int, default=500)
+    parser.add_argument("--start", default="2000-01-01")
+    parser.add_argument("--end", default="2009-12-31")
+    parser.add_argument("--signal-strength", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--executors", default="local,ray", help="comma-separated executors for the flow")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--params", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        p = json.loads(args.params)
+        mode, _, executor = args.child.partition(":")
+        result = run_flow(p, Path(args.work), executor) if mode == "flow" else run_script(p)
+        print(json.dumps(result))
+        return
+    p = {"n_symbols": args.n_symbols, "start": args.start, "end": args.end, "seed": args.seed,
+         "signal_strength": args.signal_strength}
+    print(f"machine: {machine()}")
+    print(f"synthetic backfill: {p['n_symbols']} symbols, {p['start']} .. {p['end']}, "
+          f"signal_strength {p['signal_strength']}")
+    s_wall, s_mem, s_tree, s_out = _child("script", p)
+    print(f"plain script:         {s_wall:7.1f} s   peak RSS {s_mem:6.0f} MiB (tree {s_tree:6.0f} MiB)")
+    outputs = {"script": s_out}
+    for executor in args.executors.split(","):
+        f_wall, f_mem, f_tree, outputs[executor] = _child(f"flow:{executor}", p)
+        print(f"notebook flow, {executor:<6} {f_wall:7.1f} s   peak RSS {f_mem:6.0f} MiB (tree {f_tree:6.0f} MiB)   "
+              f"ratio to the script: wall {f_wall / s_wall:.2f}x, tree memory {f_tree / s_tree:.2f}x")
+    print("peak RSS: the largest single process; tree: all processes of the run at once (sampled)")
+    print("target: flow wall time within 1.5x of the script")
+    for name in ("ic_weighted", "vendor_signal", "composite"):
+        values = "  ".join(f"{mode} {out.get(name, float('nan')):+.5f}" for mode, out in outputs.items())
+        print(f"  mean rank IC of {name:<14} {values}")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Content-hash cache per stage partition: skip work whose inputs, code and parameters are unchanged.
+
+A task is *cached* when all of these match its last successful run:
+
+* ``code``: the notebook's code cells (sources only; outputs, execution counts, metadata and
+  markdown ignored; the parameters cell is left out because its effect is in ``params``);
+* ``params``: the validated parameters of the partition (which include its date range);
+* ``inputs``: for every read the notebook made, the data it saw. A read at an unchanged Delta
+  version matches at once; after the table moved on, the same read (columns and filters) is
+  evaluated again in the driver at the current version and compared by content fingerprint, so
+  a new partition appended upstream does not invalidate the partitions that never read it;
+* the outputs it wrote are still there (each table exists and reached the recorded version).
+
+The decision needs no kernel and no Ray: only Delta metadata and, when a table moved, the
+re-read of the slices that were read. Records live in ``<lakehouse>/_qsdk_cache/``, beside the
+tables they describe: wipe the lakehouse and the cache goes with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from qsdk.errors import QsdkError
+from qsdk.nbfile import read_cells, tags
+
+CACHE_DIR = "_qsdk_cache"
+State = Literal["cached", "stale", "never"]
+
+
+def code_hash(notebook: str | Path) -> str:
+    digest = hashlib.sha256()
+    for cell in read_cells(notebook):
+        if cell["cell_type"] != "code" or "parameters" in tags(cell):
+            continue
+        source = "\n".join(line.rstrip() for line in cell["source"].strip().splitlines())
+        digest.update(source.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint(table: pa.Table) -> str:
+    """Order-insensitive content hash of ``table`` (schema, row count, row hashes)."""
+    import pandas as pd
+
+    digest = hashlib.sha256(str(table.schema).encode())
+    digest.update(str(table.num_rows).encode())
+    if table.num_rows:
+        rows = pd.util.hash_pandas_object(table.to_pandas(), index=False).to_numpy(dtype=np.uint64)
+        digest.update(int(rows.sum(dtype=np.uint64)).to_bytes(8, "little"))
+        digest.update(int(np.bitwise_xor.reduce(rows)).to_bytes(8, "little"))
+        digest.update(int((rows * np.uint64(0x9E3779B97F4A7C15)).sum(dtype=np.uint64)).to_bytes(8, "little"))
+    return digest.hexdigest()
+
+
+@dataclass
+class CacheRecord:
+    stage: str
+    partition: str | None
+    code: str
+    params: str
+    reads: list[dict[str, Any]]
+    written: dict[str, int]
+    run_id: str
+    notebook: str
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True, default=str)
+
+
+@dataclass
+class Verdict:
+    state: State
+    reasons: list[str] = field(default_factory=list)
+    record: CacheRecord | None = None
+
+    @property
+    def hit(self) -> bool:
+        return self.state == "cached"
+
+
+class Cache:
+    def __init__(self, lakehouse: Any) -> None:
+        self.lakehouse = lakehouse
+        self.root = Path(lakehouse.root) / CACHE_DIR
+
+    def _path(self, stage: str, partition: str | None) -> Path:
+        return self.root / stage / f"{partition or '_all'}.json"
+
+    def load(self, stage: str, partition: str | None) -> CacheRecord | None:
+        path = self._path(stage, partition)
+        if not path.exists():
+            return None
+        try:
+            return CacheRecord(**json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            return None  # a damaged record is a miss, never an error
+
+    def save(self, record: CacheRecord) -> None:
+        path = self._path(record.stage, record.partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(record.to_json())
+        tmp.replace(path)  # atomic: a crash never leaves half a record
+
+    def invalidate(self, stage: str, partition: str | None) -> None:
+        self._path(stage, partition).unlink(missing_ok=True)
+
+    def check(self, *, stage: str, partition: str | None, notebook: str, params: dict[str, Any],
+              code: str | None = None) -> Verdict:
+        record = self.load(stage, partition)
+        if record is None:
+            return Verdict("never", ["never run"])
+        reasons = []
+        if record.code != (code or code_hash(notebook)):
+            reasons.append("code changed")
+        if record.params != params_hash(params):
+            reasons.append("parameters changed")
+        reasons += self._input_changes(record)
+        reasons += self._missing_outputs(record)
+        return Verdict("stale" if reasons else "cached", reasons, record)
+
+    def _input_changes(self, record: CacheRecord) -> list[str]:
+        out = []
+        for read in record.reads:
+            table = read["table"]
+            try:
+                current = self.lakehouse.version(table)
+            except QsdkError:
+                current = None
+            if current is None:
+                out.append(f"input {table} is gone")
+            elif current != read["version"]:
+                data = self.lakehouse.read(table, columns=read.get("columns"), filters=read.get("filters"))
+                if fingerprint(data) != read.get("fingerprint"):
+                    out.append(f"input {table} changed (version {read['version']} -> {current})")
+        return out
+
+    def _missing_outputs(self, record: CacheRecord) -> list[str]:
+        out = []
+        for table, version in record.written.items():
+            current = self.lakehouse.version(table) if self.lakehouse.exists(table) else None
+            if current is None or current < version:
+                out.append(f"output {table} is missing or was rolled back")
+        return out
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    stage: str
+    partition: str | None
+    state: State
+    reasons: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "partition": self.partition, "state": self.state, "reasons": list(self.reasons)}
+
+
+def flow_status(flow: Any, params: dict[str, dict[str, Any]], *, cache: Cache) -> list[TaskStatus]:
+    """Cached / stale (with reasons) / never run, per stage and partition, without running anything.
+
+    A task downstream of a stage that will run is stale too ("upstream X will run"), since its
+    inputs will change when that stage commits (or stay the same: the run then decides).
+    """
+    out: list[TaskStatus] = []
+    will_run: set[str] = set()
+    deps = flow.dependencies()
+    for name in flow.order():
+        stage = flow.stage(name)
+        code = code_hash(stage.notebook)
+        upstream = sorted(deps[name] & will_run)
+        for key, values in stage.partitions(params[name]):
+            verdict = cache.check(stage=name, partition=key, notebook=str(stage.notebook), params=values, code=code)
+            reasons = list(verdict.reasons) + [f"upstream {u} will run" for u in upstream]
+            state: State = verdict.state if not upstream or verdict.state == "never" else "stale"
+            out.append(TaskStatus(name, key, state, tuple(reasons)))
+            if state != "cached":
+                will_run.add(name)
+    return out

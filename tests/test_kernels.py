@@ -1,0 +1,104 @@
+"""Pre-warmed kernels: each run gets a fresh kernel started ahead of need, never a used one."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from qsdk.execute import Task, run_task
+from qsdk.executors.local import LocalExecutor
+from qsdk.kernels import KernelPool
+from qsdk.runtime import StageContext
+from tests.conftest import write_notebook
+
+PROBE = """import json, os
+leaked = "qsdk_probe" in globals()
+qsdk_probe = value
+print(json.dumps({"pid": os.getpid(), "leaked": leaked, "cwd": os.getcwd()}))"""
+
+
+def _task(tmp: Path, notebook: Path, name: str, *, timeout: float | None = None, **params) -> Task:
+    ctx = StageContext(run_id="r", stage=name, lakehouse_root=str(tmp / "lake"), inputs=[], outputs=[],
+                       tables={}, staging_dir=str(tmp / "staging" / name))
+    return Task(run_id="r", stage=name, partition=None, notebook=str(notebook),
+                output_notebook=str(tmp / "out" / f"{name}.ipynb"), parameters=params, context=ctx,
+                timeout=timeout)
+
+
+def _printed(output_notebook: str) -> dict:
+    nb = nbformat.read(output_notebook, as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    return json.loads(text.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def probe(tmp_path: Path) -> Path:
+    return write_notebook(tmp_path / "nbs" / "probe.ipynb", "value: int = 0", PROBE)
+
+
+def test_runs_on_pooled_kernels_share_no_state_and_each_gets_a_new_prestarted_kernel(tmp_path, probe):
+    with KernelPool(1, cwd=tmp_path) as pool:
+        seen = []
+        for i in (1, 2):
+            pool.wait_ready()
+            asked = time.time()
+            km = pool.acquire(cwd=probe.parent)
+            started = psutil.Process(km.kernel_pid).create_time()
+            assert started < asked  # handed out ready-made, not started on demand
+            result = run_task(_task(tmp_path, probe, f"run{i}", value=i), km=km)
+            pool.release(km)
+            assert result.status == "succeeded", result.error
+            out = _printed(result.notebook)
+            assert out["pid"] == km.kernel_pid
+            assert out["leaked"] is False  # the variable run 1 set is undefined in run 2
+            assert out["cwd"] == str(probe.parent)  # papermill's convention: the notebook's folder
+            seen.append(out["pid"])
+        assert seen[0] != seen[1]
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                   for pid in seen)  # used kernels are shut down, never returned to the pool
+
+
+def test_a_spare_that_died_is_replaced(tmp_path, probe):
+    with KernelPool(1, cwd=tmp_path) as pool:
+        pool.wait_ready()
+        victim = pool._spares[0].result().kernel_pid
+        proc = psutil.Process(victim)
+        proc.kill()
+        proc.wait(timeout=10)
+        result = pool.run_task(_task(tmp_path, probe, "after_kill", value=3))
+        assert result.status == "succeeded", result.error
+        assert _printed(result.notebook)["pid"] != victim
+
+
+def test_wall_clock_limit_stops_a_notebook_whose_cells_each_stay_under_the_timeout(tmp_path):
+    nb = write_notebook(tmp_path / "nbs" / "slow.ipynb", "n: int = 4", *["import time; time.sleep(0.8)"] * 4)
+    with KernelPool(0, cwd=tmp_path) as pool:
+        started = time.perf_counter()
+        result = pool.run_task(_task(tmp_path, nb, "slow", timeout=1.0), grace=0.3)
+        elapsed = time.perf_counter() - started
+    assert result.status == "failed"
+    err = result.error
+    assert (err.stage, err.reason, err.ename) == ("slow", "timeout", "WallClockTimeout")
+    assert "stage timeout of 1.0 s" in str(err)
+    assert elapsed < 3.2  # stopped at ~1.3 s of notebook time, not after all four cells
+
+
+def test_local_executor_with_prewarmed_kernels_runs_a_partitioned_flow(project):
+    cols = {"date": "date", "v": "int64"}
+    write = ("import pandas as pd, qsdk\n"
+             "df = pd.DataFrame({'date': pd.date_range(start, end, freq='MS'), 'v': 1})\n"
+             "qsdk.write_table('bronze.t', df, mode='overwrite', predicate=qsdk.between('date', start, end))")
+    sdk = (project.table("bronze.t", cols, primary_key=["date"])
+           .stage("w", 'start: "date" = "2020-01-01"\nend: "date" = "2020-12-31"', write,
+                  outputs=["bronze.t"], partition={"by": "month"})
+           .flow("f", ["w"]).sdk())
+    result = sdk.run_pipeline("f", params={"start": "2020-01-01", "end": "2020-03-31"},
+                              executor=LocalExecutor(prewarm=1), track=False, cache=False)
+    assert [r.status for r in result.results] == ["succeeded"] * 3
+    df = sdk.lakehouse.read("bronze.t").to_pandas()
+    assert sorted(df["date"].astype(str)) == ["2020-01-01", "2020-02-01", "2020-03-01"]

@@ -1,0 +1,314 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qsdk.quant.metrics import (
+    factor_rank_autocorrelation,
+    ic_summary,
+    information_coefficient,
+    long_short_returns,
+    merge_factor_returns,
+    performance_summary,
+    quantile_returns,
+    quantile_turnover,
+    quantize,
+    top_minus_bottom,
+)
+
+D1, D2, D3, D4 = pd.to_datetime(["2021-01-04", "2021-01-05", "2021-01-06", "2021-01-07"])
+
+
+def frame(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["date", "symbol", "factor", "forward_return"])
+
+
+def day(date: pd.Timestamp, symbols: str, factors: list, returns: list) -> list[tuple]:
+    """Rows of one date: one symbol per character of ``symbols``."""
+    return list(zip([date] * len(symbols), symbols, factors, returns, strict=True))
+
+
+@pytest.fixture
+def ic_frame() -> pd.DataFrame:
+    return frame(
+        [
+            # D1: factor 1..4, returns .01 .03 .02 .08
+            *day(D1, "ABCD", [1.0, 2.0, 3.0, 4.0], [0.01, 0.03, 0.02, 0.08]),
+            # D2: factor perfectly inverse to returns
+            *day(D2, "ABCD", [4.0, 3.0, 2.0, 1.0], [0.01, 0.02, 0.03, 0.04]),
+            # D3: only one valid pair -> dropped
+            *day(D3, "ABC", [1.0, np.nan, 2.0], [0.01, 0.02, np.nan]),
+            # D4: constant factor -> correlation undefined -> dropped
+            *day(D4, "ABC", [2.0, 2.0, 2.0], [0.01, 0.02, 0.03]),
+        ]
+    )
+
+
+def test_information_coefficient_spearman_hand_computed(ic_frame):
+    ic = information_coefficient(ic_frame, method="spearman")
+    # D1: factor ranks 1 2 3 4, return ranks 1 3 2 4; d = 0 -1 1 0, sum d^2 = 2
+    #     rho = 1 - 6 * 2 / (4 * (16 - 1)) = 1 - 12/60 = 0.8
+    # D2: ranks fully reversed -> -1
+    assert ic.index.tolist() == [D1, D2]
+    np.testing.assert_allclose(ic.to_numpy(), [0.8, -1.0])
+
+
+def test_information_coefficient_pearson_hand_computed(ic_frame):
+    ic = information_coefficient(ic_frame, method="pearson")
+    # D1: f - mean = -1.5 -.5 .5 1.5 ; r - mean(.035) = -.025 -.005 -.015 .045
+    #     cov sum = .0375 + .0025 - .0075 + .0675 = .1 ; sum f^2 = 5 ; sum r^2 = .0029
+    #     r = .1 / sqrt(5 * .0029) = .1 / .1204159 = 0.8304548
+    assert ic.loc[D1] == pytest.approx(0.8304548, abs=1e-7)
+    assert ic.loc[D2] == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="method"):
+        information_coefficient(ic_frame, method="kendall")
+
+
+def test_ic_summary_hand_computed():
+    s = ic_summary(pd.Series([0.1, 0.2, 0.3]))
+    # mean .2 ; std (ddof=1) = sqrt((.01 + 0 + .01) / 2) = .1 ; ir = 2
+    # t = .2 / (.1 / sqrt(3)) = 2 * sqrt(3) = 3.4641016
+    # t with 2 df: two-sided p = 1 - t / sqrt(2 + t^2) = 1 - sqrt(12/14) = 0.0741799
+    assert s.n == 3
+    assert s.mean == pytest.approx(0.2)
+    assert s.std == pytest.approx(0.1)
+    assert s.ir == pytest.approx(2.0)
+    assert s.t_stat == pytest.approx(3.4641016, abs=1e-7)
+    assert s.p_value == pytest.approx(1 - math.sqrt(12 / 14), abs=1e-9)
+    assert set(s.to_dict()) == {"mean", "std", "ir", "t_stat", "p_value", "n"}
+    with pytest.raises(ValueError, match="at least 2"):
+        ic_summary(pd.Series([0.1, np.nan]))
+    assert math.isnan(ic_summary(pd.Series([0.1, 0.1])).t_stat)
+
+
+def test_quantize_hand_computed():
+    df = frame(
+        [
+            # D1: 6 names, factor 6 1 5 2 4 3 -> pairs {1,2} {3,4} {5,6} -> labels 3 1 3 1 2 2
+            *day(D1, "ABCDEF", [6.0, 1.0, 5.0, 2.0, 4.0, 3.0], [0] * 6),
+            # D2: only 2 names < 3 quantiles -> unlabeled
+            *day(D2, "AB", [1.0, 2.0], [0, 0]),
+            # D3: NaN factor -> unlabeled; the other 3 names are still labeled
+            *day(D3, "ABCD", [np.nan, 1.0, 2.0, 3.0], [0, 0, 0, 0]),
+        ]
+    )
+    q = quantize(df, quantiles=3)
+    assert q.dtype == "Int64" and q.index.equals(df.index)
+    assert q.iloc[:6].tolist() == [3, 1, 3, 1, 2, 2]
+    assert q.iloc[6:8].isna().all()
+    # D3 valid factor 1 2 3; qcut edges at 1, 1.667, 2.333, 3 -> labels 1 2 3
+    assert pd.isna(q.iloc[8]) and q.iloc[9:].tolist() == [1, 2, 3]
+
+
+def test_quantize_ties():
+    # factor 1 1 1 1 2 3: the 1/3 and 2/3 quantiles are 1 and 1.333 -> edges 1, 1, 1.333, 3
+    # are not unique, so the date is left unlabeled by default
+    df = frame([(D1, s, v, 0.0) for s, v in zip("ABCDEF", [1, 1, 1, 1, 2, 3], strict=True)])
+    assert quantize(df, quantiles=3).isna().all()
+    # ties="first" cuts ranks 1..6 (ties broken by row order) -> 1 1 2 2 3 3
+    assert quantize(df, quantiles=3, ties="first").tolist() == [1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="quantiles"):
+        quantize(df, quantiles=1)
+
+
+@pytest.fixture
+def q_frame() -> pd.DataFrame:
+    # With quantiles=2, quantile 1 = two lowest factors, quantile 2 = two highest.
+    return frame(
+        [
+            *day(D1, "ABCD", [1.0, 2.0, 3.0, 4.0], [0.01, 0.02, 0.03, 0.05]),
+            *day(D2, "ABCD", [4.0, 3.0, 2.0, 1.0], [0.02, 0.00, -0.01, 0.01]),
+            *day(D3, "ABCD", [1.0, 3.0, 2.0, 4.0], [0.00, 0.01, 0.02, 0.03]),
+        ]
+    )
+
+
+def test_quantile_returns_hand_computed(q_frame):
+    qr = quantile_returns(q_frame, quantiles=2)
+    # D1: bottom {A,B} (.01+.02)/2 = .015 ; top {C,D} (.03+.05)/2 = .04
+    # D2: bottom {D,C} (.01-.01)/2 = 0    ; top {A,B} (.02+.00)/2 = .01
+    # D3: bottom {A,C} (.00+.02)/2 = .01  ; top {B,D} (.01+.03)/2 = .02
+    np.testing.assert_allclose(qr.by_date[1].to_numpy(), [0.015, 0.0, 0.01], atol=1e-12)
+    np.testing.assert_allclose(qr.by_date[2].to_numpy(), [0.04, 0.01, 0.02], atol=1e-12)
+    # averaged over dates: q1 (.015+0+.01)/3 = .0083333 ; q2 (.04+.01+.02)/3 = .0233333
+    np.testing.assert_allclose(qr.mean.to_numpy(), [0.025 / 3, 0.07 / 3], atol=1e-12)
+    # spread: .04-.015 = .025 ; .01-0 = .01 ; .02-.01 = .01
+    np.testing.assert_allclose(
+        top_minus_bottom(q_frame, quantiles=2).to_numpy(), [0.025, 0.01, 0.01]
+    )
+
+
+def test_quantile_turnover_hand_computed(q_frame):
+    top = quantile_turnover(q_frame, quantile=2, quantiles=2)
+    # top sets: D1 {C,D}, D2 {A,B} (2 of 2 new -> 1.0), D3 {B,D} (D new -> 1/2)
+    np.testing.assert_allclose(top.to_numpy(), [np.nan, 1.0, 0.5])
+    bottom = quantile_turnover(q_frame, quantile=1, quantiles=2)
+    # bottom sets: D1 {A,B}, D2 {C,D} -> 1.0, D3 {A,C} (A new) -> 0.5
+    np.testing.assert_allclose(bottom.to_numpy(), [np.nan, 1.0, 0.5])
+    with pytest.raises(ValueError, match="quantile must be"):
+        quantile_turnover(q_frame, quantile=3, quantiles=2)
+
+
+def test_factor_rank_autocorrelation_hand_computed(q_frame):
+    ac = factor_rank_autocorrelation(q_frame)
+    # D2 vs D1: ranks 4 3 2 1 vs 1 2 3 4 -> -1
+    # D3 vs D2: ranks 1 3 2 4 vs 4 3 2 1: d = -3 0 0 3, sum d^2 = 18 -> 1 - 6*18/(4*15) = -0.8
+    np.testing.assert_allclose(ac.to_numpy(), [np.nan, -1.0, -0.8])
+
+
+def test_factor_rank_autocorrelation_uses_common_names_only():
+    df = frame(
+        [
+            *day(D1, "ABCD", [1.0, 3.0, 2.0, 9.0], [0, 0, 0, 0]),
+            *day(D2, "ABCE", [1.0, 2.0, 3.0, -5.0], [0, 0, 0, 0]),
+        ]
+    )
+    # common names A, B, C: D1 ranks 1 3 2, D2 ranks 1 2 3; d = 0 1 -1, sum d^2 = 2
+    # rho = 1 - 6*2/(3*8) = 0.5
+    np.testing.assert_allclose(factor_rank_autocorrelation(df).to_numpy(), [np.nan, 0.5])
+
+
+def test_long_short_returns_with_costs_hand_computed(q_frame):
+    ls = long_short_returns(q_frame, quantiles=2, cost_bps=10.0)
+    assert list(ls.columns) == ["long", "short", "gross", "turnover", "cost", "net"]
+    np.testing.assert_allclose(ls["long"], [0.04, 0.01, 0.02], atol=1e-12)
+    np.testing.assert_allclose(ls["short"], [0.015, 0.0, 0.01], atol=1e-12)
+    np.testing.assert_allclose(ls["gross"], [0.025, 0.01, 0.01], atol=1e-12)
+    # long weights: D1 C,D=.5 (from cash: buys 1.0) ; D2 A,B=.5 (buys .5+.5 = 1.0) ;
+    #               D3 B,D=.5 (B unchanged, buy D .5 -> .5)
+    # short weights: D1 A,B (1.0) ; D2 C,D (1.0) ; D3 A,C (buy A .5 -> .5)
+    # turnover = long + short = 2, 2, 1 ; cost = 10bp * turnover = .002, .002, .001
+    np.testing.assert_allclose(ls["turnover"], [2.0, 2.0, 1.0])
+    np.testing.assert_allclose(ls["cost"], [0.002, 0.002, 0.001])
+    np.testing.assert_allclose(ls["net"], [0.023, 0.008, 0.009], atol=1e-12)
+    free = long_short_returns(q_frame, quantiles=2)
+    np.testing.assert_allclose(free["net"], free["gross"])
+
+
+def test_long_short_unequal_leg_sizes_turnover():
+    # quantiles=2 on 3 names: qcut puts 2 names in the bottom and 1 in the top bin
+    df = frame(
+        [
+            *day(D1, "ABC", [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]),
+            *day(D2, "ABC", [1.0, 3.0, 2.0], [0.0, 0.0, 0.0]),
+        ]
+    )
+    ls = long_short_returns(df, quantiles=2)
+    # D1 long {C}=1, short {A,B}=.5/.5 ; D2 long {B}=1 (buy 1.0), short {A,C} (buy C .5)
+    np.testing.assert_allclose(ls["turnover"], [2.0, 1.5])
+
+
+def test_long_short_errors(q_frame):
+    with pytest.raises(ValueError, match="cost_bps"):
+        long_short_returns(q_frame, quantiles=2, cost_bps=-1)
+    with pytest.raises(ValueError, match="No date has both"):
+        long_short_returns(q_frame, quantiles=5)
+
+
+def test_performance_summary_hand_computed():
+    idx = pd.to_datetime(["2021-01-04", "2021-01-05", "2021-01-06", "2021-01-07"])
+    r = pd.Series([0.10, -0.20, 0.05, 0.20], index=idx)
+    s = performance_summary(r)
+    # mean = .15/4 = .0375 -> annualized (arithmetic) = .0375 * 252 = 9.45
+    # deviations .0625 -.2375 .0125 .1625 ; squares sum = .086875 ; var = .086875/3
+    std = math.sqrt(0.086875 / 3)  # 0.1701715
+    assert s.n == 4
+    assert s.annualized_return == pytest.approx(9.45)
+    assert s.annualized_volatility == pytest.approx(std * math.sqrt(252))
+    assert s.sharpe == pytest.approx(0.0375 / std * math.sqrt(252))
+    # wealth 1 -> 1.1 -> .88 -> .924 -> 1.1088 ; total return .1088
+    assert s.total_return == pytest.approx(0.1088)
+    assert s.cagr == pytest.approx(1.1088 ** (252 / 4) - 1)
+    # peak 1.1 on 01-04, trough .88 on 01-05: .88/1.1 - 1 = -.2 ; regained 1.1 on 01-07
+    assert s.max_drawdown == pytest.approx(-0.2)
+    assert (s.peak_date, s.trough_date, s.recovery_date) == (idx[0], idx[1], idx[3])
+
+
+def test_performance_summary_drawdown_from_starting_capital_and_no_drawdown():
+    idx = pd.to_datetime(["2021-01-04", "2021-01-05"])
+    s = performance_summary(pd.Series([-0.10, 0.05], index=idx))
+    # wealth 1 -> .9 -> .945: drawdown from the starting capital, not yet recovered
+    assert s.max_drawdown == pytest.approx(-0.1)
+    assert (s.peak_date, s.trough_date, s.recovery_date) == (None, idx[0], None)
+    up = performance_summary(pd.Series([0.01, 0.02], index=idx))
+    assert up.max_drawdown == 0.0 and up.peak_date is None and up.trough_date is None
+
+
+def test_performance_summary_errors():
+    with pytest.raises(ValueError, match="no non-missing"):
+        performance_summary(pd.Series([np.nan]))
+    with pytest.raises(ValueError, match="-100%"):
+        performance_summary(pd.Series([0.1, -1.5]))
+
+
+def test_merge_factor_returns_and_input_validation():
+    factor = pd.DataFrame(
+        {"date": [D1, D1, D2], "symbol": ["A", "B", "A"], "value": [1.0, np.nan, 3.0]}
+    )
+    rets = pd.DataFrame(
+        {"date": [D1, D1, D2], "symbol": ["A", "B", "B"], "forward_return": [0.1, 0.2, 0.3]}
+    )
+    out = merge_factor_returns(factor, rets)
+    # B/D1 has a NaN factor; (D2, A) and (D2, B) have no partner -> only (D1, A) survives
+    assert out.to_dict("records") == [
+        {"date": D1, "symbol": "A", "factor": 1.0, "forward_return": 0.1}
+    ]
+    with pytest.raises(ValueError, match="missing columns"):
+        information_coefficient(factor)
+    dup = frame(day(D1, "AA", [1.0, 2.0], [0.1, 0.2]))
+    with pytest.raises(ValueError, match="duplicated"):
+        information_coefficient(dup)
+
+
+@pytest.mark.parametrize("ties", ["drop", "first"])
+def test_vectorized_quantize_equals_a_per_date_qcut(ties):
+    rng = np.random.default_rng(0)
+    n = 2000
+    df = pd.DataFrame({"date": rng.integers(0, 150, n), "symbol": np.arange(n).astype(str),
+                       "factor": rng.integers(0, 15, n).astype(float)})  # many ties
+    df.loc[rng.random(n) < 0.1, "factor"] = np.nan
+    reference = pd.Series(pd.NA, index=df.index, dtype="Int64")
+    for _, g in df.groupby("date"):
+        values = g["factor"].dropna()
+        if len(values) < 5:
+            continue
+        try:
+            cut = pd.qcut(values.rank(method="first") if ties == "first" else values, 5, labels=False)
+        except ValueError:
+            continue
+        reference.loc[values.index] = cut.astype("int64") + 1
+    out = quantize(df, quantiles=5, ties=ties)
+    assert out.notna().sum() > 500
+    pd.testing.assert_series_equal(out, reference.rename("quantile"))
+
+
+def test_evaluate_factor_bundles_the_hand_computed_metrics(q_frame):
+    from qsdk.quant.metrics import evaluate_factor
+
+    ev = evaluate_factor(q_frame, quantiles=2, cost_bps=10.0)
+    s = ev.summary
+    assert s["n_dates"] == 3
+    rank_ic = information_coefficient(q_frame)
+    assert s["rank_ic_mean"] == pytest.approx(rank_ic.mean())
+    assert s["rank_ic_t_stat"] == pytest.approx(ic_summary(rank_ic).t_stat)
+    assert s["ic_mean"] == pytest.approx(information_coefficient(q_frame, method="pearson").mean())
+    assert s["top_minus_bottom_mean"] == pytest.approx((0.025 + 0.01 + 0.01) / 3)
+    assert s["top_turnover_mean"] == pytest.approx(0.75) and s["bottom_turnover_mean"] == pytest.approx(0.75)
+    assert s["rank_autocorrelation_mean"] == pytest.approx(-0.9)
+    assert s["ls_annual_return"] == pytest.approx(0.045 / 3 * 252)
+    assert s["ls_net_annual_return"] == pytest.approx(0.040 / 3 * 252)
+    assert s["ls_turnover_mean"] == pytest.approx(5 / 3)
+    np.testing.assert_allclose(ev.quantile_mean.to_numpy(), [0.025 / 3, 0.07 / 3])
+    np.testing.assert_allclose(ev.daily["net"].to_numpy(), [0.023, 0.008, 0.009], atol=1e-12)
+    assert {"ic", "rank_ic", "top_minus_bottom", "gross", "net", "top_turnover", "rank_autocorrelation"} <= set(
+        ev.daily.columns)
+
+
+def test_evaluate_factor_degrades_to_nan_without_enough_names():
+    from qsdk.quant.metrics import evaluate_factor
+
+    df = frame([*day(D1, "AB", [1.0, 2.0], [0.01, 0.02]), *day(D2, "AB", [2.0, 1.0], [0.01, 0.02])])
+    ev = evaluate_factor(df, quantiles=5)
+    assert ev.summary["n_dates"] == 2 and ev.summary["rank_ic_mean"] == pytest.approx(0.0)
+    assert math.isnan(ev.summary["ls_sharpe"]) and math.isnan(ev.summary["top_minus_bottom_mean"])

@@ -1,0 +1,52 @@
+import nbformat
+import pyarrow as pa
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from qsdk.cache import code_hash, fingerprint, params_hash
+
+
+def _nb(path, *sources, params="x = 1"):
+    nb = new_notebook()
+    cell = new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, *(new_code_cell(s) for s in sources)]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_code_hash_ignores_outputs_counts_metadata_markdown_and_parameters(tmp_path):
+    path = _nb(tmp_path / "a.ipynb", "y = x + 1", "print(y)")
+    base = code_hash(path)
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].outputs = [new_output("stream", text="2\n")]
+    nb.cells[1].execution_count = 7
+    nb.cells[1].metadata["scrolled"] = True
+    nb.cells.insert(2, new_markdown_cell("why"))
+    nb.cells[0].source = "x = 2  # new default"
+    nbformat.write(nb, path)
+    assert code_hash(path) == base
+    nb.cells[1].source = "y = x + 2"
+    nbformat.write(nb, path)
+    assert code_hash(path) != base
+
+
+def test_code_hash_sees_cell_boundaries(tmp_path):
+    one = code_hash(_nb(tmp_path / "one.ipynb", "a = 1\nb = 2"))
+    two = code_hash(_nb(tmp_path / "two.ipynb", "a = 1", "b = 2"))
+    assert one != two
+
+
+def test_fingerprint_is_order_insensitive_and_content_sensitive():
+    t = pa.table({"k": [1, 2, 3], "v": [0.5, 1.5, 2.5]})
+    shuffled = t.take([2, 0, 1])
+    assert fingerprint(t) == fingerprint(shuffled)
+    assert fingerprint(t) != fingerprint(pa.table({"k": [1, 2, 3], "v": [0.5, 1.5, 2.6]}))
+    assert fingerprint(t) != fingerprint(t.slice(0, 2))
+    assert fingerprint(t) != fingerprint(t.cast(pa.schema([("k", pa.int32()), ("v", pa.float64())])))
+    # swapping values between rows changes row hashes even though column sums stay equal
+    assert fingerprint(t) != fingerprint(pa.table({"k": [1, 2, 3], "v": [1.5, 0.5, 2.5]}))
+
+
+def test_params_hash_is_stable_across_key_order():
+    assert params_hash({"a": 1, "b": [1, 2]}) == params_hash({"b": [1, 2], "a": 1})
+    assert params_hash({"a": 1}) != params_hash({"a": 2})

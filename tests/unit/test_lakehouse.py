@@ -1,0 +1,115 @@
+"""The contract and the Delta layer, on real Delta tables (no kernels)."""
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from qsdk.errors import ContractViolation, TableNameError
+from qsdk.lakehouse import Lakehouse, TableSpec
+
+SPEC = TableSpec("silver.t", {"date": "date", "symbol": "string", "x": "float64", "n": "int64"},
+                 primary_key=("symbol", "date"))
+
+
+@pytest.fixture
+def lake(tmp_path):
+    return Lakehouse(tmp_path / "lake", {SPEC.name: SPEC})
+
+
+def frame(**over):
+    base = {"date": pd.to_datetime(["2020-01-01", "2020-01-02"]), "symbol": ["A", "B"], "x": [1.0, 2.0], "n": [1, 2]}
+    return pd.DataFrame({**base, **over})
+
+
+def test_append_creates_table_readable_by_deltalake(lake, tmp_path):
+    assert lake.write("silver.t", frame(), mode="append") == 0
+    dt = DeltaTable(str(tmp_path / "lake" / "silver" / "t"))
+    assert dt.version() == 0
+    assert sorted(dt.to_pandas()["symbol"]) == ["A", "B"]
+    assert lake.info("silver.t").rows == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        (frame(n=[2.7, 1.0]), "column 'n' has type double, the contract says int64"),
+        (frame(x=["7", "8"]), "column 'x' has type large_string, the contract says float64"),
+        (frame().assign(extra=1), "columns not in the contract ['extra']"),
+        (frame().drop(columns="x"), "missing columns ['x']"),
+        (frame(symbol=["A", "A"], date=pd.to_datetime(["2020-01-01"] * 2)), "duplicate primary key"),
+        (frame(symbol=["A", None]), "primary-key column 'symbol' has 1 null"),
+        (frame(date=pd.to_datetime(["2020-01-01 10:30", "2020-01-02 00:00"])), "column 'date' has type timestamp"),
+    ],
+)
+def test_contract_violations_leave_table_untouched(lake, data, needle):
+    lake.write("silver.t", frame(), mode="append")
+    before = lake.read("silver.t")
+    with pytest.raises(ContractViolation) as info:
+        lake.write("silver.t", data, mode="merge")
+    assert needle in str(info.value)
+    assert lake.version("silver.t") == 0
+    assert lake.read("silver.t").equals(before)
+
+
+def test_lossless_representations_are_accepted(lake):
+    data = pa.table({"date": pa.array([pd.Timestamp("2020-01-01")], pa.timestamp("ns")),
+                     "symbol": pa.array(["A"], pa.large_string()),
+                     "x": pa.array([1.5], pa.float32()), "n": pa.array([3], pa.int32())})
+    lake.write("silver.t", data, mode="append")
+    got = lake.read("silver.t").to_pylist()[0]
+    assert got["n"] == 3 and got["x"] == 1.5 and str(got["date"]) == "2020-01-01"
+
+
+def test_append_of_existing_keys_is_refused_merge_upserts(lake):
+    lake.write("silver.t", frame(), mode="append")
+    with pytest.raises(ContractViolation, match="would duplicate 2 existing primary key"):
+        lake.write("silver.t", frame(), mode="append")
+    v = lake.write("silver.t", frame(x=[10.0, 20.0]), mode="merge")
+    assert v == 1
+    assert sorted(lake.read("silver.t").column("x").to_pylist()) == [10.0, 20.0]
+    assert lake.info("silver.t").rows == 2
+
+
+def test_partition_overwrite_replaces_only_its_slice(lake):
+    lake.write("silver.t", frame(), mode="append")
+    lake.write("silver.t", frame().iloc[:1].assign(x=9.0), mode="overwrite", predicate="date = '2020-01-01'")
+    rows = {r["symbol"]: r["x"] for r in lake.read("silver.t").to_pylist()}
+    assert rows == {"A": 9.0, "B": 2.0}
+    with pytest.raises(ContractViolation, match="fall outside the predicate"):
+        lake.write("silver.t", frame(), mode="overwrite", predicate="date = '2020-01-01'")
+    assert lake.version("silver.t") == 1
+
+
+def test_application_transaction_makes_a_retried_commit_a_no_op(lake):
+    v1 = lake.write("silver.t", frame(), mode="merge", app_id="run1:stage:p", app_version=1)
+    v2 = lake.write("silver.t", frame(x=[5.0, 5.0]), mode="merge", app_id="run1:stage:p", app_version=1)
+    assert v1 == v2 == 0
+    assert lake.read("silver.t").column("x").to_pylist() == [1.0, 2.0]
+
+
+def test_commit_metadata_and_time_travel(lake):
+    lake.write("silver.t", frame(), mode="append", metadata={"qsdk.stage": "s1", "qsdk.run_id": "r1"})
+    lake.write("silver.t", frame(x=[3.0, 4.0]), mode="merge", metadata={"qsdk.stage": "s2"})
+    assert lake.commit_metadata("silver.t", 0)["qsdk.stage"] == "s1"
+    assert lake.commit_metadata("silver.t", 1)["qsdk.stage"] == "s2"
+    assert lake.read("silver.t", version=0).column("x").to_pylist() == [1.0, 2.0]
+
+
+def test_filters_and_columns_are_pushed_down(lake):
+    lake.write("silver.t", frame(), mode="append")
+    got = lake.read("silver.t", columns=["symbol"], filters=[("date", ">=", "2020-01-02"), ("symbol", "in", ["B"])])
+    assert got.column_names == ["symbol"] and got.column("symbol").to_pylist() == ["B"]
+    with pytest.raises(ContractViolation, match="unknown column"):
+        lake.read("silver.t", filters=[("nope", "=", 1)])
+
+
+@pytest.mark.parametrize("name", ["../x", "silver/../../etc", "/etc.passwd", "silver.t;rm", "", None])
+def test_path_tricks_never_reach_the_filesystem(lake, name):
+    with pytest.raises(TableNameError):
+        lake.path(name)
+
+
+def test_write_to_undeclared_table(lake):
+    with pytest.raises(ContractViolation, match="has no contract"):
+        lake.write("silver.other", frame(), mode="append")

@@ -1,0 +1,102 @@
+import pytest
+
+from qsdk.errors import FlowCycleError, ParameterError, RegistryError, UnknownNameError
+
+COLS = {"k": "int64", "v": "float64"}
+
+
+def test_dag_follows_declared_tables(project):
+    (project.table("bronze.a", COLS).table("silver.b", COLS).table("gold.c", COLS)
+     .stage("third", "x: int = 1", inputs=["silver.b", "bronze.a"], outputs=["gold.c"])
+     .stage("first", "x: int = 1", outputs=["bronze.a"])
+     .stage("second", "x: int = 1", inputs=["bronze.a"], outputs=["silver.b"])
+     .flow("f", ["third", "first", "second"]))
+    flow = project.sdk().registry.flow("f")
+    assert flow.order() == ["first", "second", "third"]
+    assert flow.dependencies()["third"] == {"first", "second"}
+    assert [s.name for s in flow.select(from_=["second"]).stages] == ["third", "second"]
+    assert [s.name for s in flow.select(only=["first"]).stages] == ["first"]
+
+
+def test_cycle_is_an_error_naming_the_loop(project):
+    (project.table("bronze.a", COLS).table("silver.b", COLS)
+     .stage("one", "x = 1", inputs=["silver.b"], outputs=["bronze.a"])
+     .stage("two", "x = 1", inputs=["bronze.a"], outputs=["silver.b"])
+     .flow("f", ["one", "two"]))
+    with pytest.raises(FlowCycleError) as info:
+        _ = project.sdk().registry
+    assert set(info.value.cycle) >= {"one", "two"}
+    assert "cycle" in str(info.value)
+
+
+def test_two_writers_of_one_table(project):
+    (project.table("bronze.a", COLS)
+     .stage("one", "x = 1", outputs=["bronze.a"]).stage("two", "x = 1", outputs=["bronze.a"]))
+    with pytest.raises(RegistryError, match="written by two stages"):
+        _ = project.sdk().registry
+
+
+def test_missing_notebook(project):
+    project.table("bronze.a", COLS).save()
+    project.doc["stages"]["ghost"] = {"notebook": "notebooks/nope.ipynb", "outputs": ["bronze.a"]}
+    with pytest.raises(RegistryError, match="nope.ipynb does not exist"):
+        _ = project.sdk().registry
+
+
+def test_undeclared_table_and_bad_types(project):
+    project.stage("s", "x = 1", outputs=["silver.nope"])
+    with pytest.raises(RegistryError, match="'silver.nope' is not declared"):
+        _ = project.sdk().registry
+    project.doc["stages"].clear()
+    project.table("silver.t", {"a": "decimal"})
+    with pytest.raises(RegistryError, match="unknown type 'decimal'"):
+        _ = project.sdk().registry
+
+
+@pytest.mark.parametrize("name", ["../etc", "silver/prices", "/abs.path", "Silver.Prices", "a.b.c", "a..b"])
+def test_table_names_with_path_tricks_are_refused(project, name):
+    project.table(name, COLS)
+    with pytest.raises(RegistryError, match="invalid table name"):
+        _ = project.sdk().registry
+
+
+def test_stage_defaults_are_validated_at_load(project):
+    project.table("bronze.a", COLS).stage("s", "n: int = 1", outputs=["bronze.a"], parameters={"n": "many"})
+    with pytest.raises(RegistryError, match="parameter 'n': expected int"):
+        _ = project.sdk().registry
+
+
+def test_flow_parameters_route_to_stages_and_reject_unknown(project):
+    (project.table("bronze.a", COLS).table("silver.b", COLS)
+     .stage("one", 'start: "date" = "2020-01-01"\nend: "date" = "2020-12-31"', outputs=["bronze.a"],
+            partition={"by": "month"})
+     .stage("two", "n: int = 1", inputs=["bronze.a"], outputs=["silver.b"])
+     .flow("f", ["one", "two"]))
+    flow = project.sdk().registry.flow("f")
+    resolved = flow.resolve({"start": "2020-03-15", "end": "2020-05-02", "two.n": "5"})
+    assert resolved == {"one": {"start": "2020-03-15", "end": "2020-05-02"}, "two": {"n": 5}}
+    parts = flow.stage("one").partitions(resolved["one"])
+    assert [k for k, _ in parts] == ["2020-03-15_2020-03-31", "2020-04-01_2020-04-30", "2020-05-01_2020-05-02"]
+    with pytest.raises(ParameterError, match="no stage declares parameter 'stat'"):
+        flow.resolve({"stat": "x"})
+    with pytest.raises(ParameterError, match="is after"):
+        flow.resolve({"start": "2021-01-01", "end": "2020-01-01"})
+    with pytest.raises(UnknownNameError, match="has no stage 'three'"):
+        flow.resolve({"three.n": 1})
+
+
+def test_unknown_flow_lists_known(project):
+    project.table("bronze.a", COLS).stage("s", "x = 1", outputs=["bronze.a"]).flow("real", ["s"])
+    with pytest.raises(UnknownNameError, match="known flows: real"):
+        project.sdk().registry.flow("fake")
+
+
+def test_repository_registry_loads():
+    from qsdk.config import Config
+    from qsdk.registry import Registry
+    from tests.conftest import REPO
+
+    reg = Registry.load(Config.load(REPO))
+    assert "backfill" in reg.flows
+    order = reg.flow("backfill").order()
+    assert order.index("ingest_prices") < order.index("clean_prices")
