@@ -66,4 +66,9 @@ class QsdkEngine(NBClientEngine):
 
 
 def register() -> None:
+    """Make ``engine_name="qsdk"`` known to papermill (``run_task`` calls this).
+
+    Deliberately not a ``papermill.engine`` entry point: papermill loads entry points while
+    ``papermill.engines`` is still being imported, and this module imports from it.
+    """
     papermill_engines.register(ENGINE_NAME, QsdkEngine)
