@@ -201,7 +201,9 @@ def _check_outputs_written(task: Task) -> None:
 _LAKE_PRIVATE = (CACHE_DIR, SANDBOX_DIR)
 # A data file as delta-rs names it. One that no commit references yet belongs to another task's
 # commit in flight (or one that lost a conflict): invisible to Delta readers, not this notebook's.
-_DELTA_DATA_FILE = re.compile(r"part-\d{5}-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}-c\d{3}(\.\w+)?\.parquet")
+# ``#N`` is object_store's staging suffix: a local write goes to ``name#N``, then is renamed.
+_STAGING_SUFFIX = re.compile(r"#\d+$")
+_DELTA_DATA_FILE = re.compile(r"part-\d{5}-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}-c\d{3}(\.\w+)?\.parquet(#\d+)?")
 _COMMIT_FILE = re.compile(r"\d{20}\.json")
 
 
@@ -250,7 +252,8 @@ def _check_direct_writes(task: Task, before: dict[str, tuple[int, int]]) -> None
                 stray.append(rel)  # a rewritten commit, or a commit qsdk did not make
             continue
         if rel in before:  # a data file (or a file outside any table) modified or deleted
-            stray.append(rel)
+            if not (_STAGING_SUFFIX.search(parts[-1]) and _DELTA_DATA_FILE.fullmatch(parts[-1])):
+                stray.append(rel)  # (another writer's staging file renamed away is not a change)
         elif not (_DELTA_DATA_FILE.fullmatch(parts[-1]) and len(parts) > 2):
             stray.append(rel)
     stray = [rel for rel in stray if not _added_by_commit(rel, added)]

@@ -192,6 +192,11 @@ def test_commits_of_other_tasks_during_a_stage_are_not_mistaken_for_direct_write
 
     import threading
 
+    # object_store stages a local write as `name#N` and renames it: one such file appears and
+    # another disappears while the stage runs (a parallel partition's commit in flight)
+    staging_name = "part-00001-5c1d2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f-c000.snappy.parquet"
+    leaving = lake.path("silver.prices") / f"{staging_name}#2"
+    leaving.write_bytes(b"in flight")
     results = []
     runner = threading.Thread(target=lambda: results.append(sdk.run_pipeline(
         "f", params={"port": str(rendezvous.port)}, executor="local", track=False, cache=False,
@@ -203,6 +208,8 @@ def test_commits_of_other_tasks_during_a_stage_are_not_mistaken_for_direct_write
         lake.write("silver.other", pd.DataFrame({"k": [1], "v": [3.0]}), mode="append")
         orphan = lake.path("silver.prices") / "part-00000-0b0e4e2e-1c9a-4d55-a1b6-6f0f2f4b8d21-c000.snappy.parquet"
         pd.DataFrame({"k": [7], "v": [7.0]}).to_parquet(orphan)
+        (lake.path("silver.prices") / f"{staging_name}#1").write_bytes(b"in flight")
+        leaving.unlink()
         rendezvous.release(conn)
     finally:
         runner.join(timeout=120)
