@@ -7,6 +7,10 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NOOP = REPO / "tests" / "notebooks" / "noop.ipynb"  # the no-op stage notebook the overhead benches run
 
 
 def machine() -> str:

@@ -20,9 +20,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median  # noqa: E402
+from _common import REPO, machine, median  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest_prices", "clean_prices")
 
 

@@ -26,9 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, machine  # noqa: E402
 
 # the notebooks' feature specs and composite weights (notebooks/research/features.ipynb, alpha.ipynb)
 MOMENTUM = [

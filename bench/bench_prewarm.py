@@ -21,10 +21,7 @@ from pathlib import Path
 import papermill as pm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-NOOP = REPO / "tests" / "notebooks" / "noop.ipynb"
+from _common import NOOP, machine, median  # noqa: E402
 
 
 def main() -> None:

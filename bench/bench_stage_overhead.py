@@ -17,10 +17,7 @@ import papermill as pm
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median, timed  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-NOOP = REPO / "tests" / "notebooks" / "noop.ipynb"
+from _common import NOOP, machine, median, timed  # noqa: E402
 
 
 def main() -> None:

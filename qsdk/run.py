@@ -330,7 +330,3 @@ def _result_of(future: Future[TaskResult], task: Task) -> TaskResult:
 def _write_manifest(run_dir: Path, result: RunResult) -> None:
     (run_dir / "run.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
 
-
-def load_manifest(runs_dir: Path, run_id: str) -> dict[str, Any]:
-    return json.loads((runs_dir / run_id / "run.json").read_text())
-

@@ -338,6 +338,3 @@ def _cast_value(value: Any, typ: pa.DataType) -> pa.Scalar:
         value = _dt.date.fromisoformat(value)
     return pa.scalar(value).cast(typ)
 
-
-def count_rows(table: pa.Table, column: str, value: Any) -> int:
-    return int(pc.sum(pc.equal(table.column(column), value)).as_py() or 0)
