@@ -19,6 +19,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import NOOP, machine, median, timed  # noqa: E402
 
+from qsdk.executors.local import LocalExecutor  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -41,7 +43,7 @@ def main() -> None:
 
         def qsdk_stage() -> None:
             # cache off: every repeat really runs; tracking off: the MLflow store is not the subject
-            sdk.run_pipeline("noop", params={"x": 2}, executor="local", cache=False, track=False)
+            sdk.run_pipeline("noop", params={"x": 2}, executor=LocalExecutor(prewarm=0), cache=False, track=False)
 
         pm_times = timed(papermill_alone, repeat=args.repeat)
         q_times = timed(qsdk_stage, repeat=args.repeat)

@@ -1,7 +1,8 @@
 """The qsdk papermill engine: papermill's nbclient engine plus a bootstrap step.
 
 Before the first cell runs, the engine executes a silent statement in the kernel that points
-``QSDK_CONTEXT`` at the stage's context file. Doing it in the kernel rather than through the
+``QSDK_CONTEXT`` at the stage's context file (and, for a pre-warmed kernel, moves it to the
+notebook's folder: papermill's ``cwd`` applies only to kernels it starts). Doing it in the kernel rather than through the
 kernel's start-up environment works the same for a kernel started for this notebook and for
 one started ahead of time (a pre-warmed kernel passed in as ``km``).
 """
@@ -13,7 +14,7 @@ from typing import Any
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
 from papermill.utils import merge_kwargs, remove_args
-from traitlets import Dict
+from traitlets import Dict, Unicode
 
 from qsdk.errors import StageFailed
 
@@ -22,15 +23,18 @@ ENGINE_NAME = "qsdk"
 
 class _QsdkClient(PapermillNotebookClient):
     kernel_env = Dict({}, help="environment variables set in the kernel before the first cell")
+    kernel_cwd = Unicode(None, allow_none=True, help="folder the kernel moves to before the first cell")
 
     def papermill_execute_cells(self) -> None:
-        if self.kernel_env:
+        if self.kernel_env or self.kernel_cwd:
             self._bootstrap()
         super().papermill_execute_cells()
 
     def _bootstrap(self) -> None:
         code = "import os as __qsdk_os\n"
         code += "".join(f"__qsdk_os.environ[{k!r}] = {v!r}\n" for k, v in self.kernel_env.items())
+        if self.kernel_cwd:
+            code += f"__qsdk_os.chdir({self.kernel_cwd!r})\n"
         code += "del __qsdk_os\n"
         msg_id = self.kc.execute(code, silent=True, store_history=False)
         reply = self.wait_for_reply(msg_id)

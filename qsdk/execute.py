@@ -41,6 +41,7 @@ class Task:
     timeout: float | None = None
     retries: int = 0
     resources: dict[str, float] = field(default_factory=dict)
+    preload: tuple[str, ...] = ()  # modules a pre-warmed kernel may import ahead (Stage.preload)
 
     @property
     def key(self) -> str:
@@ -135,8 +136,8 @@ def _papermill(task: Task, context_path: Path, km: Any) -> None:
         # the kernel's own start-up chatter (e.g. its TCP transport notice) is not stage output
         "extra_arguments": ["--IPKernelApp.log_level=ERROR"],
     }
-    if km is not None:
-        kwargs["km"] = km
+    if km is not None:  # a pre-warmed kernel started elsewhere: the bootstrap moves it here
+        kwargs.update(km=km, kernel_cwd=str(Path(task.notebook).parent.resolve()))
     try:
         pm.execute_notebook(
             task.notebook,

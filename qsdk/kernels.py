@@ -7,6 +7,13 @@ background; :meth:`KernelPool.acquire` hands one out at once and starts its repl
 one notebook, so no state (variables, imports, monkey patches) leaks from one stage run into
 the next: every run still gets a fresh interpreter; only the wait for it is gone.
 
+A kernel may also be *warmed*: before it is handed out it imports the modules the next stages
+import first (``Task.preload``, learnt by :meth:`KernelPool.run_task`; by default the leading
+imports of each stage's notebook, see :func:`qsdk.nbfile.leading_imports`). Importing pandas,
+Delta and the quant library costs about half a second per notebook; a warmed kernel has done
+it while the previous notebook ran. Only ``sys.modules`` is warm: the notebook's namespace is
+empty, and its own ``import`` statements still run (and bind names) as written.
+
 papermill still executes the notebook: the kernel manager is passed to the qsdk papermill
 engine (``run_task(task, km=...)``), and nbclient uses a given manager that has a kernel
 instead of starting one.
@@ -148,6 +155,7 @@ class KernelPool:
         cwd: str | Path | None = None,
         extra_arguments: Sequence[str] = KERNEL_ARGUMENTS,
         startup_timeout: float = 60.0,
+        preload: Sequence[str] = (),
     ) -> None:
         if size < 0:
             raise KernelPoolError(f"pool size must be 0 or more, got {size}")
@@ -156,6 +164,7 @@ class KernelPool:
         self.cwd = str(Path(cwd or os.getcwd()).resolve())
         self.extra_arguments = list(extra_arguments)
         self.startup_timeout = startup_timeout
+        self._preload: dict[str, None] = dict.fromkeys(preload)
         self._lock = threading.Lock()
         self._spares: collections.deque[concurrent.futures.Future[_PooledKernelManager]] = collections.deque()
         self._shutdowns: set[concurrent.futures.Future[None]] = set()
@@ -189,6 +198,16 @@ class KernelPool:
             self._run(self._chdir(km, target))
         return km
 
+    @property
+    def preload(self) -> tuple[str, ...]:
+        """Modules each kernel started from now on imports before it is handed out."""
+        return tuple(self._preload)
+
+    def learn(self, modules: Sequence[str]) -> None:
+        """Add ``modules`` to :attr:`preload` (for kernels started after this call)."""
+        with self._lock:
+            self._preload.update(dict.fromkeys(modules))
+
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until every spare kernel has started (benchmarks, tests)."""
         with self._lock:
@@ -210,7 +229,8 @@ class KernelPool:
         """
         from qsdk.execute import run_task
 
-        km = self.acquire(cwd=Path(task.notebook).parent)
+        self.learn(task.preload)  # for the replacement that acquire starts: likely the next task's
+        km = self.acquire()  # run_task's bootstrap moves it to the notebook's folder
         killed = threading.Event()
         timer = None
         if task.timeout:
@@ -270,9 +290,9 @@ class KernelPool:
             self._spares.append(self._start_one())
 
     def _start_one(self) -> concurrent.futures.Future[_PooledKernelManager]:
-        return asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        return asyncio.run_coroutine_threadsafe(self._start(self.preload), self._loop)
 
-    async def _start(self) -> _PooledKernelManager:
+    async def _start(self, preload: tuple[str, ...] = ()) -> _PooledKernelManager:
         km = _PooledKernelManager(kernel_name=self.kernel_name)
         try:
             await km.start_kernel(extra_arguments=self.extra_arguments, cwd=self.cwd)
@@ -283,6 +303,8 @@ class KernelPool:
                 await probe._async_wait_for_ready(timeout=self.startup_timeout)
             finally:
                 km.stop_clients()
+            if preload:
+                await self._execute(km, _preload_code(preload), what="warm the kernel's imports")
             km.prepare_client()
         except Exception as exc:
             if km.has_kernel:
@@ -291,17 +313,21 @@ class KernelPool:
         return km
 
     async def _chdir(self, km: _PooledKernelManager, cwd: str) -> None:
+        code = f"import os as __qsdk_os\n__qsdk_os.chdir({cwd!r})\ndel __qsdk_os\n"
+        await self._execute(km, code, what=f"move the kernel to {cwd}")
+
+    async def _execute(self, km: _PooledKernelManager, code: str, *, what: str) -> None:
+        """Run ``code`` silently in ``km``'s kernel (no output, no history) and wait for it."""
         kc = km.new_client()  # not the prepared client: that one is for the run
         kc.start_channels(hb=False)
         try:
-            code = f"import os as __qsdk_os\n__qsdk_os.chdir({cwd!r})\ndel __qsdk_os\n"
             msg_id = kc.execute(code, silent=True, store_history=False)
             while True:
                 reply = await kc.get_shell_msg(timeout=self.startup_timeout)
                 if reply["parent_header"].get("msg_id") == msg_id:
                     break
             if reply["content"].get("status") != "ok":
-                raise KernelPoolError(f"could not move the kernel to {cwd}: {reply['content'].get('evalue')}")
+                raise KernelPoolError(f"could not {what}: {reply['content'].get('evalue')}")
         finally:
             kc.stop_channels()
             km.forget_client(kc)
@@ -327,6 +353,24 @@ class KernelPool:
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+
+def _preload_code(modules: Sequence[str]) -> str:
+    """Import ``modules`` into ``sys.modules`` without binding a name in the user namespace.
+
+    A module that fails to import is skipped: the notebook's own import reports it, in its cell.
+    """
+    return (
+        "def __qsdk_preload(names):\n"
+        "    import importlib\n"
+        "    for name in names:\n"
+        "        try:\n"
+        "            importlib.import_module(name)\n"
+        "        except Exception:\n"
+        "            pass\n"
+        f"__qsdk_preload({list(modules)!r})\n"
+        "del __qsdk_preload\n"
+    )
 
 
 def _kill(km: _PooledKernelManager, killed: threading.Event) -> None:

@@ -4,8 +4,9 @@ Each YAML file may hold any of four top-level keys::
 
     tables:  {layer.name: {columns: {col: type}, primary_key: [...], partition_by: [...]}}
     stages:  {name: {notebook: path, inputs: [...], outputs: [...], parameters: {...},
-                     partition: {by: year|month, start: start, end: end},
-                     timeout: seconds, retries: n, resources: {num_cpus: 1, memory: bytes}}}
+                     partition: {by: year|month, every: 1, start: start, end: end},
+                     timeout: seconds, retries: n, resources: {num_cpus: 1, memory: bytes},
+                     preload: auto | false | [module, ...]}}
     flows:   {name: {stages: [...], parameters: {...}, description: ...,
                      bind: {date: {to: [start, end], calendar: XNYS}}}}
     features: {name: {table: layer.name, entity: symbol, event_time: col, known_time: col,
@@ -17,6 +18,7 @@ are raised when the registry loads, before anything runs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,12 @@ from qsdk.errors import RegistryError, UnknownNameError
 from qsdk.featurestore import FeatureView, parse_view
 from qsdk.flow import Binding, Flow
 from qsdk.lakehouse.contract import TableSpec
+from qsdk.nbfile import leading_imports, read_cells
 from qsdk.stage import PartitionSpec, Stage
 
 _STAGE_KEYS = {"notebook", "inputs", "outputs", "parameters", "partition", "description",
-               "timeout", "retries", "resources"}
+               "timeout", "retries", "resources", "preload"}
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _FLOW_KEYS = {"stages", "parameters", "description", "bind"}
 
 
@@ -148,8 +152,11 @@ def _stage(name: str, spec: dict[str, Any], origin: str, tables: dict[str, Table
         by = part.get("by") if isinstance(part, dict) else part
         if by not in ("year", "month"):
             raise RegistryError(f"{where}: partition.by must be 'year' or 'month', got {by!r}")
-        partition = PartitionSpec(by=by, start=part.get("start", "start"), end=part.get("end", "end")) \
-            if isinstance(part, dict) else PartitionSpec(by=by)
+        every = part.get("every", 1) if isinstance(part, dict) else 1
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise RegistryError(f"{where}: partition.every must be a whole number of {by}s >= 1, got {every!r}")
+        partition = PartitionSpec(by=by, start=part.get("start", "start"), end=part.get("end", "end"),
+                                  every=every) if isinstance(part, dict) else PartitionSpec(by=by)
     declared = P.read_parameters(notebook)
     defaults = dict(spec.get("parameters") or {})
     for key, value in defaults.items():
@@ -174,9 +181,28 @@ def _stage(name: str, spec: dict[str, Any], origin: str, tables: dict[str, Table
         timeout=float(spec["timeout"]) if spec.get("timeout") else None,
         retries=int(spec.get("retries") or 0),
         resources=dict(spec.get("resources") or {}),
+        preload=_preload(spec.get("preload", "auto"), notebook, where),
     )
     stage.check_partition_params()
     return stage
+
+
+def _preload(value: Any, notebook: Path, where: str) -> tuple[str, ...]:
+    """Modules to import into a pre-warmed kernel ahead of this stage: ``auto`` (default) the
+    imports the notebook runs first (:func:`qsdk.nbfile.leading_imports`), ``false`` none, or
+    an explicit list."""
+    if value == "auto":
+        modules = leading_imports(read_cells(notebook))
+        # `qsdk.DataLoader` / `qsdk.write_table` load the lakehouse module on first use
+        return (*modules, "qsdk.lakehouse.loader") if "qsdk" in modules else modules
+    if value is False or value is None:
+        return ()
+    if isinstance(value, list) and all(isinstance(m, str) and _MODULE.fullmatch(m) for m in value):
+        return tuple(value)
+    raise RegistryError(
+        f"{where}: preload must be 'auto', false or a list of module names such as "
+        f"[pandas, qsdk.quant.features], got {value!r}"
+    )
 
 
 def _check_single_writer(stages: dict[str, Stage]) -> None:

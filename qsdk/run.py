@@ -144,6 +144,7 @@ def plan(flow: Flow, params: Mapping[str, dict[str, Any]], *, registry: Registry
                 timeout=stage.timeout,
                 retries=stage.retries,
                 resources=dict(stage.resources),
+                preload=stage.preload,
             ))
     return tasks
 

@@ -18,12 +18,18 @@ class PartitionSpec:
     """How a stage's date range splits into partitions that run independently.
 
     ``start`` and ``end`` name the notebook's date parameters that hold the range; each
-    partition runs the notebook with those two parameters narrowed to its slice.
+    partition runs the notebook with those two parameters narrowed to its slice. ``every``:
+    calendar years (or months) per partition, in blocks aligned to multiples of ``every``
+    (``by: year, every: 5``: 2000-2004, 2005-2009, ...; ``by: month, every: 3``: quarters), so a
+    partition's key does not depend on where the range starts. A partition costs a fresh
+    kernel (about a second of CPU), and a stage with look-back recomputes it per partition:
+    larger blocks amortise both, smaller ones give more parallelism and finer re-runs.
     """
 
     by: PartitionBy
     start: str = "start"
     end: str = "end"
+    every: int = 1
 
     def split(self, start: str, end: str) -> list[tuple[str, str]]:
         lo, hi = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
@@ -31,9 +37,12 @@ class PartitionSpec:
         cur = lo
         while cur <= hi:
             if self.by == "year":
-                nxt = dt.date(cur.year + 1, 1, 1)
+                first = cur.year - cur.year % self.every
+                nxt = dt.date(first + self.every, 1, 1)
             else:
-                nxt = dt.date(cur.year + (cur.month == 12), cur.month % 12 + 1, 1)
+                index = cur.year * 12 + cur.month - 1
+                index += self.every - index % self.every
+                nxt = dt.date(index // 12, index % 12 + 1, 1)
             out.append((cur.isoformat(), min(nxt - dt.timedelta(days=1), hi).isoformat()))
             cur = nxt
         return out
@@ -52,6 +61,8 @@ class Stage:
     timeout: float | None = None
     retries: int = 0
     resources: dict[str, float] = field(default_factory=dict, compare=False)
+    # modules a pre-warmed kernel imports before it is handed to this stage (see qsdk.kernels)
+    preload: tuple[str, ...] = field(default=(), compare=False)
 
     def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
         """Validated parameters for one run: registry defaults, then ``values`` on top."""

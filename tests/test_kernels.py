@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -73,6 +74,40 @@ def test_a_spare_that_died_is_replaced(tmp_path, probe):
         result = pool.run_task(_task(tmp_path, probe, "after_kill", value=3))
         assert result.status == "succeeded", result.error
         assert _printed(result.notebook)["pid"] != victim
+        assert _printed(result.notebook)["cwd"] == str(probe.parent)  # moved from the pool's cwd
+
+
+WARM_PROBE = """import json, os, sys
+warm = {m: m in sys.modules for m in ("qsdk_warm_mod", "qsdk_missing_mod")}
+bound = "qsdk_warm_mod" in globals() or "importlib" in globals() or "__qsdk_preload" in globals()
+import qsdk_warm_mod
+print(json.dumps({"pid": os.getpid(), "warm": warm, "bound": bound, "imported_by": qsdk_warm_mod.PID}))"""
+
+
+def test_kernels_are_warmed_with_the_preload_modules_before_they_are_handed_out(tmp_path):
+    nb = write_notebook(tmp_path / "nbs" / "warm.ipynb", "value: int = 0", WARM_PROBE)
+    (nb.parent / "qsdk_warm_mod.py").write_text("import os\nPID = os.getpid()\n")
+    with KernelPool(1, cwd=nb.parent, preload=["qsdk_warm_mod", "qsdk_missing_mod"]) as pool:
+        pool.wait_ready()
+        result = pool.run_task(_task(tmp_path, nb, "warm"))
+        assert result.status == "succeeded", result.error  # a module that fails to import is skipped
+        out = _printed(result.notebook)
+        assert out["warm"] == {"qsdk_warm_mod": True, "qsdk_missing_mod": False}
+        assert out["imported_by"] == out["pid"]  # imported in the kernel itself, ahead of the notebook
+        assert out["bound"] is False  # only sys.modules is warm: the namespace is the notebook's own
+
+
+def test_the_pool_learns_preload_modules_from_the_tasks_it_runs(tmp_path):
+    nb = write_notebook(tmp_path / "nbs" / "warm.ipynb", "value: int = 0", WARM_PROBE)
+    (nb.parent / "qsdk_warm_mod.py").write_text("import os\nPID = os.getpid()\n")
+    with KernelPool(1, cwd=nb.parent) as pool:
+        pool.wait_ready()
+        task = dataclasses.replace(_task(tmp_path, nb, "first"), preload=("qsdk_warm_mod",))
+        first = _printed(pool.run_task(task).notebook)
+        second = _printed(pool.run_task(dataclasses.replace(task, stage="second")).notebook)
+    assert first["warm"]["qsdk_warm_mod"] is False  # started before the pool knew of the module
+    assert second["warm"]["qsdk_warm_mod"] is True  # its replacement, started after, was warmed
+    assert pool.preload == ("qsdk_warm_mod",)
 
 
 def test_wall_clock_limit_stops_a_notebook_whose_cells_each_stay_under_the_timeout(tmp_path):

@@ -13,14 +13,14 @@ if TYPE_CHECKING:
 
 
 class LocalExecutor(Executor):
-    """``prewarm``: keep this many kernels started ahead of the next task (0: papermill starts
-    one per task, as plain papermill does)."""
+    """``prewarm``: keep this many kernels started ahead of the next task, with the stage's
+    imports done (0: papermill starts one per task, as plain papermill does)."""
 
     name = "local"
-    prewarm: int = 0
+    prewarm: int = 1
     _pool: KernelPool | None = None
 
-    def __init__(self, *, prewarm: int = 0) -> None:
+    def __init__(self, *, prewarm: int = 1) -> None:
         self.prewarm = prewarm
 
     def init(self) -> None:

@@ -4,22 +4,31 @@ Sessions come from :mod:`exchange_calendars`. A *session* is a trading day, repr
 tz-naive, midnight-normalized ``datetime64[ns]`` timestamp (the exchange-local date).
 
 Calendars are built with an explicit early start (``1990-01-01``) because the
-``exchange_calendars`` default only reaches back about 20 years; calendar objects are cached.
+``exchange_calendars`` default only reaches back about 20 years. Building one takes about 0.15 s,
+paid by every stage notebook (a fresh kernel each), so built calendars are cached in memory and
+on disk (``$QSDK_CALENDAR_CACHE``, default ``~/.cache/qsdk/calendars``; ``off`` disables it),
+keyed by everything that determines them: name, start, the library's default end (a year from
+today), and the exchange_calendars and pandas versions.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
+import pickle
+import tempfile
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import exchange_calendars as xcals
 import numpy as np
 import pandas as pd
 
 CALENDAR_START = "1990-01-01"
+ENV_CACHE = "QSDK_CALENDAR_CACHE"
 
 DateLike = str | dt.date | dt.datetime | pd.Timestamp
 
@@ -27,16 +36,61 @@ DateLike = str | dt.date | dt.datetime | pd.Timestamp
 @functools.lru_cache(maxsize=16)
 def get_calendar(name: str = "XNYS") -> xcals.ExchangeCalendar:
     """Return the (cached) ``exchange_calendars`` calendar ``name`` starting at 1990-01-01."""
+    path = _cache_file(name)
+    cached = _load_cached(path) if path is not None else None
+    if cached is not None:
+        return cached
     try:
         with warnings.catch_warnings():
             # exchange_calendars trips a pandas>=3.1 deprecation internally; not actionable here.
             warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
-            return xcals.get_calendar(name, start=CALENDAR_START)
+            built = xcals.get_calendar(name, start=CALENDAR_START)
     except xcals.errors.InvalidCalendarName as exc:
         raise ValueError(
             f"Unknown exchange calendar {name!r}; use an ISO MIC code such as 'XNYS' "
             f"(see exchange_calendars.get_calendar_names())."
         ) from exc
+    if path is not None:
+        _store(path, built)
+    return built
+
+
+def _cache_file(name: str) -> Path | None:
+    root = os.environ.get(ENV_CACHE) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "qsdk", "calendars")
+    if root.lower() in ("off", "0", "false", "none"):
+        return None
+    from exchange_calendars.exchange_calendar import GLOBAL_DEFAULT_END
+
+    key = f"{name}-{CALENDAR_START}-{GLOBAL_DEFAULT_END.date()}-xcals{xcals.__version__}-pandas{pd.__version__}"
+    return Path(root) / f"{key}.pickle"
+
+
+def _load_cached(path: Path) -> xcals.ExchangeCalendar | None:
+    """The calendar pickled at ``path``, if it is ours (this user's file) and intact."""
+    try:
+        if path.stat().st_uid != os.getuid():
+            return None
+        with path.open("rb") as fh:
+            cal = pickle.load(fh)
+    except Exception:  # missing, unreadable, truncated, from another version: build instead
+        return None
+    return cal if isinstance(cal, xcals.ExchangeCalendar) else None
+
+
+def _store(path: Path, cal: xcals.ExchangeCalendar) -> None:
+    """Write atomically (parallel kernels may build at once); drop this calendar's stale files."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(cal, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+        for old in path.parent.glob(f"{cal.name}-*.pickle"):
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only home: the calendar is still cached in memory
 
 
 def _to_day(value: DateLike, *, what: str) -> pd.Timestamp:

@@ -432,14 +432,91 @@ def performance_summary(returns: pd.Series, *, periods_per_year: int = 252) -> P
 class FactorEvaluation:
     """Output of :func:`evaluate_factor`.
 
-    ``summary``: flat metrics (see :func:`evaluate_factor`); ``daily``: per signal date
-    ``ic, rank_ic, top_minus_bottom, long, short, gross, turnover, cost, net, top_turnover,
-    bottom_turnover, rank_autocorrelation``; ``quantile_mean``: mean forward return per quantile
-    (index ``1..quantiles``)."""
+    ``summary``: flat metrics (see :func:`summarize_daily`); ``daily``: per signal date
+    (:data:`DAILY_COLUMNS`); ``quantile_mean``: mean forward return per quantile (index
+    ``1..quantiles``); ``quantile_by_date``: the per-date means behind it (date x quantile)."""
 
     summary: dict[str, float]
     daily: pd.DataFrame
     quantile_mean: pd.Series
+    quantile_by_date: pd.DataFrame | None = None
+
+
+DAILY_COLUMNS = ("ic", "rank_ic", "top_minus_bottom", "long", "short", "gross", "turnover", "cost", "net",
+                 "top_turnover", "bottom_turnover", "rank_autocorrelation")
+
+
+def daily_metrics(
+    df: pd.DataFrame, *, quantiles: int = 5, cost_bps: float = 0.0, ties: Ties = "drop"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-signal-date series of the evaluation, and the per-date quantile mean returns.
+
+    Returns ``(daily, quantile_by_date)``: ``daily`` indexed by date with the columns
+    :data:`DAILY_COLUMNS` (``ic``/``rank_ic``: :func:`information_coefficient`;
+    ``top_minus_bottom``: :func:`top_minus_bottom`; ``long``..``net``:
+    :func:`long_short_returns`; ``top_turnover``/``bottom_turnover``: :func:`quantile_turnover`;
+    ``rank_autocorrelation``: :func:`factor_rank_autocorrelation`); ``quantile_by_date``:
+    ``QuantileReturns.by_date``. A series that cannot be computed is all NaN.
+
+    Every value at date t depends only on rows at t and at the previous dates the turnover and
+    autocorrelation definitions look back to, so the series of a date range can be computed in
+    pieces (each with a few sessions before it) and concatenated: that is how the backfill
+    evaluates year partitions in parallel before :func:`summarize_daily`.
+    """
+    quantiles = _check_quantiles(quantiles)
+    if not math.isfinite(float(cost_bps)) or cost_bps < 0:
+        raise ValueError(f"cost_bps must be a finite number >= 0, got {cost_bps!r}.")
+    ic = information_coefficient(df, method="pearson")
+    rank_ic = information_coefficient(df, method="spearman")
+    with_returns = _with_quantiles(df, quantiles=quantiles, ties=ties)
+    factor_only = _with_quantiles(df, quantiles=quantiles, ties=ties, with_returns=False)
+    qr = _quantile_returns(with_returns, quantiles)
+    spread = (qr.by_date[quantiles] - qr.by_date[1]).dropna().rename("top_minus_bottom")
+    top_to = _quantile_turnover(factor_only, quantiles).rename("top_turnover")
+    bottom_to = _quantile_turnover(factor_only, 1).rename("bottom_turnover")
+    autocorr = factor_rank_autocorrelation(df).rename("rank_autocorrelation")
+    try:
+        ls = _long_short(with_returns, quantiles, cost_bps)
+    except ValueError:
+        ls = pd.DataFrame(columns=["long", "short", "gross", "turnover", "cost", "net"], dtype="float64")
+    daily = pd.concat([ic.rename("ic"), rank_ic.rename("rank_ic"), spread, ls, top_to, bottom_to, autocorr],
+                      axis=1).sort_index()
+    daily = daily.reindex(columns=list(DAILY_COLUMNS)).astype("float64")
+    daily.index.name = "date"
+    return daily, qr.by_date
+
+
+def summarize_daily(daily: pd.DataFrame, *, periods_per_year: int = 252) -> dict[str, float]:
+    """The summary metrics of a factor from its daily series (:func:`daily_metrics`).
+
+    Keys: ``n_dates`` (dates with a rank IC); ``ic_*`` (Pearson) and ``rank_ic_*`` (Spearman)
+    ``mean, std, ir, t_stat, p_value`` (:func:`ic_summary`); ``top_minus_bottom_mean``;
+    ``top_turnover_mean``/``bottom_turnover_mean``; ``rank_autocorrelation_mean``; ``ls_*`` and
+    ``ls_net_*`` ``annual_return, sharpe, max_drawdown`` of the gross and net long-short returns
+    (:func:`performance_summary`) and ``ls_turnover_mean``. Means skip NaN; a metric that cannot
+    be computed (too few dates or names) is NaN rather than an error.
+    """
+    nan = math.nan
+    daily = daily.sort_index()
+    summary: dict[str, float] = {"n_dates": float(daily["rank_ic"].notna().sum())}
+    for prefix in ("ic", "rank_ic"):
+        try:
+            stats_ = ic_summary(daily[prefix]).to_dict()
+        except ValueError:
+            stats_ = dict.fromkeys(("mean", "std", "ir", "t_stat", "p_value"), nan)
+        for key in ("mean", "std", "ir", "t_stat", "p_value"):
+            summary[f"{prefix}_{key}"] = float(stats_[key])
+    for column in ("top_minus_bottom", "top_turnover", "bottom_turnover", "rank_autocorrelation"):
+        values = daily[column].dropna()
+        summary[f"{column}_mean"] = float(values.mean()) if len(values) else nan
+    ls = daily.dropna(subset=["gross"])
+    for prefix, column in (("ls", "gross"), ("ls_net", "net")):
+        perf = performance_summary(ls[column], periods_per_year=periods_per_year) if len(ls) else None
+        summary[f"{prefix}_annual_return"] = perf.annualized_return if perf else nan
+        summary[f"{prefix}_sharpe"] = perf.sharpe if perf else nan
+        summary[f"{prefix}_max_drawdown"] = perf.max_drawdown if perf else nan
+    summary["ls_turnover_mean"] = float(ls["turnover"].mean()) if len(ls) else nan
+    return summary
 
 
 def evaluate_factor(
@@ -450,52 +527,10 @@ def evaluate_factor(
     periods_per_year: int = 252,
     ties: Ties = "drop",
 ) -> FactorEvaluation:
-    """The alphalens tear sheet's numbers for one factor, each with this module's definition.
-
-    ``summary`` keys: ``n_dates``; ``ic_*`` (Pearson) and ``rank_ic_*`` (Spearman) ``mean, std,
-    ir, t_stat, p_value`` (:func:`ic_summary`); ``top_minus_bottom_mean``;
-    ``top_turnover_mean``/``bottom_turnover_mean`` (:func:`quantile_turnover`);
-    ``rank_autocorrelation_mean``; ``ls_*`` and ``ls_net_*`` ``annual_return, sharpe,
-    max_drawdown`` of the gross and net (``cost_bps``) long-short returns
-    (:func:`long_short_returns`, :func:`performance_summary`) and ``ls_turnover_mean``.
-    A metric that cannot be computed (too few dates or names) is NaN rather than an error.
+    """The alphalens tear sheet's numbers for one factor, each with this module's definition:
+    :func:`daily_metrics` then :func:`summarize_daily` (see both for the exact keys).
     Quantiles are computed once per frame (with and without the return filter).
     """
-    quantiles = _check_quantiles(quantiles)
-    nan = math.nan
-    summary: dict[str, float] = {}
-    ic = information_coefficient(df, method="pearson")
-    rank_ic = information_coefficient(df, method="spearman")
-    summary["n_dates"] = float(rank_ic.size)
-    for prefix, series in (("ic", ic), ("rank_ic", rank_ic)):
-        try:
-            stats_ = ic_summary(series).to_dict()
-        except ValueError:
-            stats_ = dict.fromkeys(("mean", "std", "ir", "t_stat", "p_value"), nan)
-        for key in ("mean", "std", "ir", "t_stat", "p_value"):
-            summary[f"{prefix}_{key}"] = float(stats_[key])
-    with_returns = _with_quantiles(df, quantiles=quantiles, ties=ties)
-    factor_only = _with_quantiles(df, quantiles=quantiles, ties=ties, with_returns=False)
-    qr = _quantile_returns(with_returns, quantiles)
-    spread = (qr.by_date[quantiles] - qr.by_date[1]).dropna().rename("top_minus_bottom")
-    top_to = _quantile_turnover(factor_only, quantiles).rename("top_turnover")
-    bottom_to = _quantile_turnover(factor_only, 1).rename("bottom_turnover")
-    autocorr = factor_rank_autocorrelation(df).rename("rank_autocorrelation")
-    summary["top_minus_bottom_mean"] = float(spread.mean()) if len(spread) else nan
-    summary["top_turnover_mean"] = float(top_to.mean()) if top_to.notna().any() else nan
-    summary["bottom_turnover_mean"] = float(bottom_to.mean()) if bottom_to.notna().any() else nan
-    summary["rank_autocorrelation_mean"] = float(autocorr.mean()) if autocorr.notna().any() else nan
-    try:
-        ls = _long_short(with_returns, quantiles, cost_bps)
-    except ValueError:
-        ls = pd.DataFrame(columns=["long", "short", "gross", "turnover", "cost", "net"], dtype="float64")
-    for prefix, column in (("ls", "gross"), ("ls_net", "net")):
-        perf = performance_summary(ls[column], periods_per_year=periods_per_year) if len(ls) else None
-        summary[f"{prefix}_annual_return"] = perf.annualized_return if perf else nan
-        summary[f"{prefix}_sharpe"] = perf.sharpe if perf else nan
-        summary[f"{prefix}_max_drawdown"] = perf.max_drawdown if perf else nan
-    summary["ls_turnover_mean"] = float(ls["turnover"].mean()) if len(ls) else nan
-    daily = pd.concat([ic.rename("ic"), rank_ic.rename("rank_ic"), spread, ls, top_to, bottom_to, autocorr],
-                      axis=1).sort_index()
-    daily.index.name = "date"
-    return FactorEvaluation(summary=summary, daily=daily, quantile_mean=qr.mean)
+    daily, by_date = daily_metrics(df, quantiles=quantiles, cost_bps=cost_bps, ties=ties)
+    return FactorEvaluation(summary=summarize_daily(daily, periods_per_year=periods_per_year), daily=daily,
+                            quantile_mean=by_date.mean().rename("mean_return"), quantile_by_date=by_date)

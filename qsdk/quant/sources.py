@@ -63,8 +63,8 @@ def load(
     if source == "bokeh":
         return load_bokeh(symbols, start=start, end=end)
     if source == "synthetic":
-        panel = _synthetic_panel(end=end, n_symbols=n_symbols, seed=seed, signal_strength=signal_strength,
-                                 history_start=history_start)
+        panel = _synthetic_panel(start=start, end=end, n_symbols=n_symbols, seed=seed,
+                                 signal_strength=signal_strength, history_start=history_start)
         if panel is None:
             return _empty(PRICE_COLUMNS)
         return _slice(panel.prices, start=start, end=end, symbols=symbols)[PRICE_COLUMNS]
@@ -93,8 +93,8 @@ def load_signals(
     if source == "bokeh":
         return _empty(["date", "symbol", "value"])
     if source == "synthetic":
-        panel = _synthetic_panel(end=end, n_symbols=n_symbols, seed=seed, signal_strength=signal_strength,
-                                 history_start=history_start)
+        panel = _synthetic_panel(start=start, end=end, n_symbols=n_symbols, seed=seed,
+                                 signal_strength=signal_strength, history_start=history_start)
         if panel is None:
             return _empty(["date", "symbol", "value"])
         return _slice(panel.signal, start=start, end=end, symbols=symbols)
@@ -106,7 +106,7 @@ def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series([], dtype=types.get(c, "float64")) for c in columns})
 
 
-def _synthetic_panel(*, end: str, n_symbols: int, seed: int, signal_strength: float, history_start: str):
+def _synthetic_panel(*, start: str, end: str, n_symbols: int, seed: int, signal_strength: float, history_start: str):
     """The synthetic market from ``history_start`` through ``end`` (at least the generator's
     minimum length: prefix stability makes the extra sessions harmless); None before it starts."""
     from qsdk.quant.calendar import sessions
@@ -117,7 +117,8 @@ def _synthetic_panel(*, end: str, n_symbols: int, seed: int, signal_strength: fl
     first_sessions = sessions(history_start, pd.Timestamp(history_start) + pd.Timedelta(days=3 * MIN_SESSIONS))
     until = max(pd.Timestamp(end), first_sessions[MIN_SESSIONS - 1])
     return generate_panel(n_symbols=n_symbols, start=history_start, end=until, seed=seed,
-                          signal_strength=signal_strength, adjustment_anchor="first")
+                          signal_strength=signal_strength, adjustment_anchor="first",
+                          rows_from=max(pd.Timestamp(start), pd.Timestamp(history_start)))
 
 
 def _slice(frame: pd.DataFrame, *, start: str, end: str, symbols: list[str] | None) -> pd.DataFrame:

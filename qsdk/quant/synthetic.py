@@ -148,12 +148,15 @@ def generate_panel(
     listing_delisting: bool = True,
     signal_strength: float = 0.0,
     adjustment_anchor: AdjustmentAnchor = "last",
+    rows_from: DateLike | None = None,
 ) -> SyntheticPanel:
     """Generate prices together with the planted signal and the corporate actions.
 
     ``generate_panel(...).prices`` equals ``generate_prices(...)`` for the same arguments. The
     signal's predictive power is set by ``signal_strength`` (0 = pure noise); see the module
-    docstring for the exact model.
+    docstring for the exact model. ``rows_from``: return only rows dated on or after it (the
+    market is still generated from ``start``, so values are unchanged; building the frames of
+    the whole history is the slow part when a backfill asks for its last year).
     """
     _validate(n_symbols, seed, split_prob, signal_strength)
     if adjustment_anchor not in ("last", "first"):
@@ -195,6 +198,8 @@ def generate_panel(
     sym_grid = np.repeat(symbols, t_len).reshape(n, t_len)
     date_grid = np.tile(days.to_numpy(), n).reshape(n, t_len)
     mask = listed.ravel()
+    if rows_from is not None:
+        mask &= np.tile(days.to_numpy() >= pd.Timestamp(rows_from).to_datetime64(), n)
 
     def frame(columns: dict[str, np.ndarray], keep: np.ndarray) -> pd.DataFrame:
         data = {

@@ -50,6 +50,10 @@ def test_planted_signal_is_recovered_by_the_flow(planted):
     assert learnt.iloc[-1] > learnt.iloc[0]  # top quintile beats the bottom one
     daily = _table(planted, "gold.alpha_daily")
     assert daily.groupby("factor").size()["ic_weighted"] == evaluation.loc["ic_weighted", "n_dates"]
+    # the summary stage's quantile means are the means of evaluate_daily's per-date series
+    per_date = _table(planted, "gold.alpha_quantile_daily")
+    per_date = per_date[per_date["factor"] == "ic_weighted"].groupby("quantile")["mean_return"].mean()
+    assert per_date.to_numpy() == pytest.approx(learnt.to_numpy())
 
 
 def test_evaluation_metrics_are_logged_to_mlflow(planted):

@@ -100,3 +100,44 @@ def test_repository_registry_loads():
     assert "backfill" in reg.flows
     order = reg.flow("backfill").order()
     assert order.index("ingest_prices") < order.index("clean_prices")
+
+
+def test_preload_defaults_to_the_notebooks_leading_imports_and_can_be_set_or_turned_off(project):
+    cells = ("import pandas as pd\nfrom qsdk.quant import features as F\nimport qsdk", "x = 1\nimport scipy")
+    (project.table("bronze.a", COLS).table("bronze.b", COLS).table("bronze.c", COLS)
+     .stage("auto", "n: int = 1", *cells, outputs=["bronze.a"])
+     .stage("off", "n: int = 1", *cells, outputs=["bronze.b"], preload=False)
+     .stage("listed", "n: int = 1", *cells, outputs=["bronze.c"], preload=["numpy", "qsdk.quant.alpha"]))
+    stages = project.sdk().registry.stages
+    assert stages["auto"].preload == ("pandas", "qsdk.quant", "qsdk.quant.features", "qsdk",
+                                      "qsdk.lakehouse.loader")  # scipy follows code: not preloaded
+    assert stages["off"].preload == ()
+    assert stages["listed"].preload == ("numpy", "qsdk.quant.alpha")
+
+
+@pytest.mark.parametrize("value", ["yes", ["os; rm -rf /"], [1]])
+def test_preload_must_be_auto_false_or_module_names(project, value):
+    project.table("bronze.a", COLS).stage("s", "n: int = 1", outputs=["bronze.a"], preload=value)
+    with pytest.raises(RegistryError, match="preload must be 'auto', false or a list of module names"):
+        _ = project.sdk().registry
+
+
+def test_partitions_of_several_years_are_aligned_blocks(project):
+    (project.table("bronze.a", COLS)
+     .stage("s", 'start: "date" = "2020-01-01"\nend: "date" = "2020-12-31"', outputs=["bronze.a"],
+            partition={"by": "year", "every": 5}))
+    stage = project.sdk().registry.stages["s"]
+    parts = stage.partitions(stage.resolve({"start": "2003-06-01", "end": "2011-03-31"}))
+    assert [k for k, _ in parts] == ["2003-06-01_2004-12-31", "2005-01-01_2009-12-31", "2010-01-01_2011-03-31"]
+    assert parts[1][1] == {"start": "2005-01-01", "end": "2009-12-31"}
+
+
+def test_quarterly_partitions_and_a_bad_every_is_refused(project):
+    from qsdk.stage import PartitionSpec
+
+    assert PartitionSpec("month", every=3).split("2020-02-10", "2020-07-15") == [
+        ("2020-02-10", "2020-03-31"), ("2020-04-01", "2020-06-30"), ("2020-07-01", "2020-07-15")]
+    project.table("bronze.a", COLS).stage("s", 'start: "date" = "2020-01-01"\nend: "date" = "2020-12-31"',
+                                          outputs=["bronze.a"], partition={"by": "year", "every": 0})
+    with pytest.raises(RegistryError, match="partition.every must be a whole number of years >= 1, got 0"):
+        _ = project.sdk().registry

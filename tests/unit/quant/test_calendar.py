@@ -3,6 +3,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
+from qsdk.quant import calendar as cal
 from qsdk.quant.calendar import (
     CalendarReport,
     is_session,
@@ -135,3 +136,40 @@ def test_sessions_before_counts_sessions_back_from_the_first_session():
     assert sessions_before("1990-01-10", 1000) == pd.Timestamp("1990-01-02")  # clamped
     with pytest.raises(ValueError, match="count"):
         sessions_before("2015-01-05", -1)
+
+
+@pytest.fixture
+def calendar_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(cal.ENV_CACHE, str(tmp_path / "calendars"))
+    cal.get_calendar.cache_clear()
+    yield tmp_path / "calendars"
+    cal.get_calendar.cache_clear()
+
+
+def test_built_calendars_are_cached_on_disk_and_loaded_by_the_next_process(calendar_cache, monkeypatch):
+    built = cal.get_calendar("XNYS")
+    files = list(calendar_cache.glob("XNYS-*.pickle"))
+    assert len(files) == 1 and oct(calendar_cache.stat().st_mode)[-3:] == "700"
+    cal.get_calendar.cache_clear()  # as a new kernel: nothing in memory
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built again instead of loaded from the disk cache")
+
+    monkeypatch.setattr(cal.xcals, "get_calendar", no_build)
+    loaded = cal.get_calendar("XNYS")
+    assert loaded is not built
+    assert loaded.sessions.equals(built.sessions) and loaded.closes.equals(built.closes)
+
+
+def test_a_corrupt_cache_file_is_rebuilt_and_off_disables_the_cache(calendar_cache, monkeypatch):
+    cal.get_calendar("XNYS")
+    (path,) = calendar_cache.glob("XNYS-*.pickle")
+    path.write_bytes(b"not a pickle")
+    cal.get_calendar.cache_clear()
+    assert len(cal.sessions("2024-01-01", "2024-01-31")) == 21  # rebuilt
+    assert path.read_bytes()[:1] == b"\x80"  # and the cache file rewritten
+    monkeypatch.setenv(cal.ENV_CACHE, "off")
+    cal.get_calendar.cache_clear()
+    path.unlink()
+    cal.get_calendar("XNYS")
+    assert not path.exists()

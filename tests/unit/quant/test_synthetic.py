@@ -195,3 +195,14 @@ def test_synthetic_source_partitions_join_into_one_market():
     longer = sources.load("synthetic", start="2000-01-01", end="2000-03-31", **args)
     assert early["date"].min() == pd.Timestamp("2000-01-03")
     pd.testing.assert_frame_equal(early, longer[longer["date"] <= "2000-01-10"].reset_index(drop=True))
+
+
+def test_rows_from_returns_the_same_rows_as_filtering_the_full_panel():
+    args = {"n_symbols": 30, "start": "2015-01-01", "end": "2016-12-31", "seed": 3, "signal_strength": 0.1}
+    full = generate_panel(**args)
+    part = generate_panel(**args, rows_from="2016-03-01")
+    for name in ("prices", "signal", "corporate_actions"):
+        expected = getattr(full, name)
+        expected = expected[expected["date"] >= pd.Timestamp("2016-03-01")].reset_index(drop=True)
+        assert len(expected) > 0
+        pd.testing.assert_frame_equal(getattr(part, name), expected)
