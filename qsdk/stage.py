@@ -111,7 +111,8 @@ class Stage:
             "notebook": str(self.notebook),
             "inputs": list(self.inputs),
             "outputs": list(self.outputs),
-            "partition": None if self.partition is None else self.partition.by,
+            "partition": None if self.partition is None else
+            self.partition.by if self.partition.every == 1 else f"{self.partition.every} {self.partition.by}s",
             "parameters": {n: s.to_dict() for n, s in self.params.items()},
             "defaults": dict(self.defaults),
         }
