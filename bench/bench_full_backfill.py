@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, machine  # noqa: E402
+from _common import REPO, machine, median  # noqa: E402
 
 # the notebooks' feature specs and composite weights (notebooks/research/features.ipynb, alpha.ipynb)
 MOMENTUM = [
@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--signal-strength", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--executors", default="local,ray", help="comma-separated executors for the flow")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; medians are reported (the machine is noisy)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
@@ -169,19 +170,29 @@ def main() -> None:
          "signal_strength": args.signal_strength}
     print(f"machine: {machine()}")
     print(f"synthetic backfill: {p['n_symbols']} symbols, {p['start']} .. {p['end']}, "
-          f"signal_strength {p['signal_strength']}")
-    s_wall, s_mem, s_tree, s_out = _child("script", p)
-    print(f"plain script:         {s_wall:7.1f} s   peak RSS {s_mem:6.0f} MiB (tree {s_tree:6.0f} MiB)")
-    outputs = {"script": s_out}
-    for executor in args.executors.split(","):
-        f_wall, f_mem, f_tree, outputs[executor] = _child(f"flow:{executor}", p)
-        print(f"notebook flow, {executor:<6} {f_wall:7.1f} s   peak RSS {f_mem:6.0f} MiB (tree {f_tree:6.0f} MiB)   "
-              f"ratio to the script: wall {f_wall / s_wall:.2f}x, tree memory {f_tree / s_tree:.2f}x")
+          f"signal_strength {p['signal_strength']}; {args.repeat} round(s), script and flows alternating")
+    modes = ["script", *(f"flow:{e}" for e in args.executors.split(","))]
+    runs: dict[str, list[tuple[float, float, float]]] = {m: [] for m in modes}
+    outputs: dict[str, dict] = {}
+    for round_ in range(1, args.repeat + 1):
+        for mode in modes:
+            wall, mem, tree, outputs[mode] = _child(mode, p)
+            runs[mode].append((wall, mem, tree))
+            print(f"  round {round_}: {mode:<11} {wall:7.1f} s   peak RSS {mem:6.0f} MiB (tree {tree:6.0f} MiB)")
+    s_wall, s_tree = median([r[0] for r in runs["script"]]), median([r[2] for r in runs["script"]])
+    print(f"plain script:          median {s_wall:7.1f} s   peak RSS {max(r[1] for r in runs['script']):6.0f} MiB")
+    for mode in modes[1:]:
+        f_wall, f_tree = median([r[0] for r in runs[mode]]), median([r[2] for r in runs[mode]])
+        ratios = [f[0] / s[0] for f, s in zip(runs[mode], runs["script"], strict=True)]
+        print(f"notebook flow, {mode[5:]:<6} median {f_wall:7.1f} s   peak RSS {max(r[1] for r in runs[mode]):6.0f} MiB "
+              f"(tree {f_tree:6.0f} MiB)   ratio to the script: wall {f_wall / s_wall:.2f}x "
+              f"(per round {', '.join(f'{r:.2f}' for r in ratios)}), tree memory {f_tree / s_tree:.2f}x")
     print("peak RSS: the largest single process; tree: all processes of the run at once (sampled)")
     print("target: flow wall time within 1.5x of the script")
     for name in ("ic_weighted", "vendor_signal", "composite"):
         values = "  ".join(f"{mode} {out.get(name, float('nan')):+.5f}" for mode, out in outputs.items())
         print(f"  mean rank IC of {name:<14} {values}")
+
 
 if __name__ == "__main__":
     main()

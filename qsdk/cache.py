@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -92,6 +94,33 @@ class Cache:
     def __init__(self, lakehouse: Any) -> None:
         self.lakehouse = lakehouse
         self.root = Path(lakehouse.root) / CACHE_DIR
+        self._versions: dict[str, int | None] | None = None
+
+    @contextmanager
+    def versions_pinned(self) -> Iterator[None]:
+        """Within the block, read each table's Delta version once.
+
+        For checking all tasks of one stage before any of them runs: its inputs were written
+        by stages that have finished and its outputs only by itself, so no version moves
+        during the block. Opening a Delta table per input and output per task is most of a
+        no-op re-run's time otherwise.
+        """
+        outer, self._versions = self._versions, {}
+        try:
+            yield
+        finally:
+            self._versions = outer
+
+    def _version(self, table: str) -> int | None:
+        if self._versions is not None and table in self._versions:
+            return self._versions[table]
+        try:
+            version = self.lakehouse.version(table)
+        except QsdkError:
+            version = None
+        if self._versions is not None:
+            self._versions[table] = version
+        return version
 
     def _path(self, stage: str, partition: str | None) -> Path:
         return self.root / stage / f"{partition or '_all'}.json"
@@ -133,10 +162,7 @@ class Cache:
         out = []
         for read in record.reads:
             table = read["table"]
-            try:
-                current = self.lakehouse.version(table)
-            except QsdkError:
-                current = None
+            current = self._version(table)
             if current is None:
                 out.append(f"input {table} is gone")
             elif current != read["version"]:
@@ -148,7 +174,7 @@ class Cache:
     def _missing_outputs(self, record: CacheRecord) -> list[str]:
         out = []
         for table, version in record.written.items():
-            current = self.lakehouse.version(table) if self.lakehouse.exists(table) else None
+            current = self._version(table)
             if current is None or current < version:
                 out.append(f"output {table} is missing or was rolled back")
         return out
@@ -178,8 +204,10 @@ def flow_status(flow: Any, params: dict[str, dict[str, Any]], *, cache: Cache) -
         stage = flow.stage(name)
         code = code_hash(stage.notebook)
         upstream = sorted(deps[name] & will_run)
-        for key, values in stage.partitions(params[name]):
-            verdict = cache.check(stage=name, partition=key, notebook=str(stage.notebook), params=values, code=code)
+        with cache.versions_pinned():
+            verdicts = [(key, cache.check(stage=name, partition=key, notebook=str(stage.notebook), params=values,
+                                          code=code)) for key, values in stage.partitions(params[name])]
+        for key, verdict in verdicts:
             reasons = list(verdict.reasons) + [f"upstream {u} will run" for u in upstream]
             state: State = verdict.state if not upstream or verdict.state == "never" else "stale"
             out.append(TaskStatus(name, key, state, tuple(reasons)))

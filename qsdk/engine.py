@@ -1,10 +1,11 @@
 """The qsdk papermill engine: papermill's nbclient engine plus a bootstrap step.
 
 Before the first cell runs, the engine executes a silent statement in the kernel that points
-``QSDK_CONTEXT`` at the stage's context file (and, for a pre-warmed kernel, moves it to the
-notebook's folder: papermill's ``cwd`` applies only to kernels it starts). Doing it in the kernel rather than through the
-kernel's start-up environment works the same for a kernel started for this notebook and for
-one started ahead of time (a pre-warmed kernel passed in as ``km``).
+``QSDK_CONTEXT`` at the stage's context file and, for a pre-warmed kernel, moves it to the
+notebook's folder (papermill's ``cwd`` applies only to kernels it starts). Doing it in the
+kernel rather than through the kernel's start-up environment works the same for a kernel
+started for this notebook and for one started ahead of time (a pre-warmed kernel passed in as
+``km``).
 """
 
 from __future__ import annotations

@@ -358,16 +358,25 @@ class KernelPool:
 def _preload_code(modules: Sequence[str]) -> str:
     """Import ``modules`` into ``sys.modules`` without binding a name in the user namespace.
 
-    A module that fails to import is skipped: the notebook's own import reports it, in its cell.
+    Only from installed locations: the kernel's working folder is left out of ``sys.path``
+    meanwhile, so a module beside another notebook is never imported for this one (the
+    registry leaves out modules beside the stage's own notebook). A module that fails to
+    import is skipped: the notebook's own import reports it, in its cell.
     """
     return (
         "def __qsdk_preload(names):\n"
-        "    import importlib\n"
-        "    for name in names:\n"
-        "        try:\n"
-        "            importlib.import_module(name)\n"
-        "        except Exception:\n"
-        "            pass\n"
+        "    import importlib, os, sys\n"
+        "    here = {'', '.', os.getcwd()}\n"
+        "    saved = sys.path[:]\n"
+        "    sys.path[:] = [p for p in saved if p not in here]\n"
+        "    try:\n"
+        "        for name in names:\n"
+        "            try:\n"
+        "                importlib.import_module(name)\n"
+        "            except Exception:\n"
+        "                pass\n"
+        "    finally:\n"
+        "        sys.path[:] = saved\n"
         f"__qsdk_preload({list(modules)!r})\n"
         "del __qsdk_preload\n"
     )

@@ -194,15 +194,23 @@ def _preload(value: Any, notebook: Path, where: str) -> tuple[str, ...]:
     if value == "auto":
         modules = leading_imports(read_cells(notebook))
         # `qsdk.DataLoader` / `qsdk.write_table` load the lakehouse module on first use
-        return (*modules, "qsdk.lakehouse.loader") if "qsdk" in modules else modules
+        return _not_local((*modules, "qsdk.lakehouse.loader") if "qsdk" in modules else modules, notebook)
     if value is False or value is None:
         return ()
     if isinstance(value, list) and all(isinstance(m, str) and _MODULE.fullmatch(m) for m in value):
-        return tuple(value)
+        return _not_local(tuple(value), notebook)
     raise RegistryError(
         f"{where}: preload must be 'auto', false or a list of module names such as "
         f"[pandas, qsdk.quant.features], got {value!r}"
     )
+
+
+def _not_local(modules: tuple[str, ...], notebook: Path) -> tuple[str, ...]:
+    """Leave out modules that live beside the notebook (``helpers.py``, ``lib/``): the notebook
+    imports those from its own folder, which a kernel warmed elsewhere would not."""
+    here = notebook.parent
+    return tuple(m for m in modules if not ((here / f"{m.split('.')[0]}.py").exists()
+                                            or (here / m.split(".")[0]).is_dir()))
 
 
 def _check_single_writer(stages: dict[str, Stage]) -> None:

@@ -234,6 +234,12 @@ class _Memo:
             self._code[task.stage] = code_hash(task.notebook)
         return self._code[task.stage]
 
+    def lookup_all(self, tasks: list[Task]) -> list[tuple[Task, TaskResult | None]]:
+        """Look up every task of one stage before any of them runs, reading each table's
+        version once (:meth:`qsdk.cache.Cache.versions_pinned`)."""
+        with self.cache.versions_pinned():
+            return [(task, self.lookup(task)) for task in tasks]
+
     def lookup(self, task: Task) -> TaskResult | None:
         if task.stage in self.forced:
             return None
@@ -287,8 +293,8 @@ def _schedule(flow: Flow, tasks: dict[str, list[Task]], ex: _LazyExecutor, state
                 stage_ok[stage] = True
                 if not tasks[stage]:
                     sorter.done(stage)
-                for task in tasks[stage]:
-                    cached = memo.lookup(task) if memo is not None else None
+                for task, cached in memo.lookup_all(tasks[stage]) if memo is not None else \
+                        [(t, None) for t in tasks[stage]]:
                     if cached is not None:  # decided in the driver: no executor, no kernel
                         finish(task, cached)
                         continue

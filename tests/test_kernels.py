@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -78,28 +79,42 @@ def test_a_spare_that_died_is_replaced(tmp_path, probe):
 
 
 WARM_PROBE = """import json, os, sys
-warm = {m: m in sys.modules for m in ("qsdk_warm_mod", "qsdk_missing_mod")}
+names = ("qsdk_warm_mod", "qsdk_missing_mod", "qsdk_cwd_mod")
+warm = {m: m in sys.modules for m in names}
 bound = "qsdk_warm_mod" in globals() or "importlib" in globals() or "__qsdk_preload" in globals()
 import qsdk_warm_mod
-print(json.dumps({"pid": os.getpid(), "warm": warm, "bound": bound, "imported_by": qsdk_warm_mod.PID}))"""
+print(json.dumps({"pid": os.getpid(), "warm": warm, "bound": bound, "imported_by": qsdk_warm_mod.PID,
+                  "path_kept": sys.path.count("") + sys.path.count(os.getcwd())}))"""
 
 
-def test_kernels_are_warmed_with_the_preload_modules_before_they_are_handed_out(tmp_path):
+@pytest.fixture
+def installed(tmp_path, monkeypatch) -> Path:
+    """A folder on the kernels' import path (like site-packages) holding ``qsdk_warm_mod``."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "qsdk_warm_mod.py").write_text("import os\nPID = os.getpid()\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    return site
+
+
+def test_kernels_are_warmed_with_the_preload_modules_before_they_are_handed_out(tmp_path, installed):
     nb = write_notebook(tmp_path / "nbs" / "warm.ipynb", "value: int = 0", WARM_PROBE)
-    (nb.parent / "qsdk_warm_mod.py").write_text("import os\nPID = os.getpid()\n")
-    with KernelPool(1, cwd=nb.parent, preload=["qsdk_warm_mod", "qsdk_missing_mod"]) as pool:
+    pool_cwd = tmp_path / "elsewhere"
+    pool_cwd.mkdir()
+    (pool_cwd / "qsdk_cwd_mod.py").write_text("X = 1\n")  # beside another notebook: never preloaded
+    with KernelPool(1, cwd=pool_cwd, preload=["qsdk_warm_mod", "qsdk_missing_mod", "qsdk_cwd_mod"]) as pool:
         pool.wait_ready()
         result = pool.run_task(_task(tmp_path, nb, "warm"))
         assert result.status == "succeeded", result.error  # a module that fails to import is skipped
         out = _printed(result.notebook)
-        assert out["warm"] == {"qsdk_warm_mod": True, "qsdk_missing_mod": False}
+        assert out["warm"] == {"qsdk_warm_mod": True, "qsdk_missing_mod": False, "qsdk_cwd_mod": False}
         assert out["imported_by"] == out["pid"]  # imported in the kernel itself, ahead of the notebook
         assert out["bound"] is False  # only sys.modules is warm: the namespace is the notebook's own
+        assert out["path_kept"] >= 1  # the working folder is back on sys.path for the notebook
 
 
-def test_the_pool_learns_preload_modules_from_the_tasks_it_runs(tmp_path):
+def test_the_pool_learns_preload_modules_from_the_tasks_it_runs(tmp_path, installed):
     nb = write_notebook(tmp_path / "nbs" / "warm.ipynb", "value: int = 0", WARM_PROBE)
-    (nb.parent / "qsdk_warm_mod.py").write_text("import os\nPID = os.getpid()\n")
     with KernelPool(1, cwd=nb.parent) as pool:
         pool.wait_ready()
         task = dataclasses.replace(_task(tmp_path, nb, "first"), preload=("qsdk_warm_mod",))

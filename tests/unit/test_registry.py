@@ -115,6 +115,14 @@ def test_preload_defaults_to_the_notebooks_leading_imports_and_can_be_set_or_tur
     assert stages["listed"].preload == ("numpy", "qsdk.quant.alpha")
 
 
+def test_preload_leaves_out_modules_beside_the_notebook(project):
+    (project.root / "notebooks").mkdir(parents=True, exist_ok=True)
+    (project.root / "notebooks" / "helpers.py").write_text("X = 1\n")
+    (project.root / "notebooks" / "lib").mkdir()
+    project.table("bronze.a", COLS).stage("s", "n: int = 1", "import helpers, lib.util, pandas", outputs=["bronze.a"])
+    assert project.sdk().registry.stages["s"].preload == ("pandas",)
+
+
 @pytest.mark.parametrize("value", ["yes", ["os; rm -rf /"], [1]])
 def test_preload_must_be_auto_false_or_module_names(project, value):
     project.table("bronze.a", COLS).stage("s", "n: int = 1", outputs=["bronze.a"], preload=value)
