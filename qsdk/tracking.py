@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -395,12 +396,11 @@ def _task_target() -> tuple[MlflowClient, str] | None:
     tracking = ctx.tracking if ctx is not None else {}
     if RUN_ID_KEY in tracking and URI_KEY in tracking:
         return client(tracking[URI_KEY]), tracking[RUN_ID_KEY]
-    if not _warned:
+    if not _warned:  # a notice on stderr, not a warning: no caller path, shown once per kernel
         _warned = True
         where = "this stage run is not tracked" if ctx is not None else "not inside a tracked flow run"
-        warnings.warn(f"qsdk: log_metric/log_figure do nothing here ({where}); "
-                      "they log to MLflow when the notebook runs as a stage (qsdk run FLOW)",
-                      RuntimeWarning, stacklevel=3)
+        print(f"qsdk: log_metric/log_figure do nothing here ({where}); "
+              "they log to MLflow when the notebook runs as a stage (qsdk run FLOW)", file=sys.stderr)
     return None
 
 
