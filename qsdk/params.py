@@ -89,14 +89,21 @@ def parameters_cell(cells: list[dict[str, Any]]) -> tuple[int, str] | None:
     return None
 
 
-def read_parameters(notebook: str | Path) -> dict[str, ParamSpec]:
-    """The declared parameters of ``notebook`` (error if it has no ``parameters`` cell)."""
-    path = Path(notebook)
+def read_notebook_cells(notebook: str | Path) -> list[dict[str, Any]]:
+    """The cells of ``notebook`` (:func:`qsdk.nbfile.read_cells`); a registry error if unreadable."""
     try:
-        cells = read_cells(path)
+        return read_cells(notebook)
     except (OSError, ValueError) as exc:
-        raise RegistryError(f"cannot read notebook {path}: {exc}") from exc
-    found = parameters_cell(cells)
+        raise RegistryError(f"cannot read notebook {notebook}: {exc}") from exc
+
+
+def read_parameters(notebook: str | Path, *, cells: list[dict[str, Any]] | None = None) -> dict[str, ParamSpec]:
+    """The declared parameters of ``notebook`` (error if it has no ``parameters`` cell).
+
+    ``cells``: the notebook's cells when the caller has read them already.
+    """
+    path = Path(notebook)
+    found = parameters_cell(read_notebook_cells(path) if cells is None else cells)
     if found is None:
         raise RegistryError(
             f"{path} has no parameters cell: tag one code cell 'parameters' "

@@ -31,7 +31,7 @@ from qsdk.errors import RegistryError, UnknownNameError
 from qsdk.featurestore import FeatureView, parse_view
 from qsdk.flow import Binding, Flow
 from qsdk.lakehouse.contract import TableSpec
-from qsdk.nbfile import leading_imports, read_cells
+from qsdk.nbfile import leading_imports
 from qsdk.stage import PartitionSpec, Stage
 
 _STAGE_KEYS = {"notebook", "inputs", "outputs", "parameters", "partition", "description",
@@ -157,7 +157,8 @@ def _stage(name: str, spec: dict[str, Any], origin: str, tables: dict[str, Table
             raise RegistryError(f"{where}: partition.every must be a whole number of {by}s >= 1, got {every!r}")
         partition = PartitionSpec(by=by, start=part.get("start", "start"), end=part.get("end", "end"),
                                   every=every) if isinstance(part, dict) else PartitionSpec(by=by)
-    declared = P.read_parameters(notebook)
+    cells = P.read_notebook_cells(notebook)  # once: for the parameters and the preload scan
+    declared = P.read_parameters(notebook, cells=cells)
     defaults = dict(spec.get("parameters") or {})
     for key, value in defaults.items():
         if key not in declared:
@@ -181,18 +182,18 @@ def _stage(name: str, spec: dict[str, Any], origin: str, tables: dict[str, Table
         timeout=float(spec["timeout"]) if spec.get("timeout") else None,
         retries=int(spec.get("retries") or 0),
         resources=dict(spec.get("resources") or {}),
-        preload=_preload(spec.get("preload", "auto"), notebook, where),
+        preload=_preload(spec.get("preload", "auto"), cells, notebook, where),
     )
     stage.check_partition_params()
     return stage
 
 
-def _preload(value: Any, notebook: Path, where: str) -> tuple[str, ...]:
+def _preload(value: Any, cells: list[dict[str, Any]], notebook: Path, where: str) -> tuple[str, ...]:
     """Modules to import into a pre-warmed kernel ahead of this stage: ``auto`` (default) the
     imports the notebook runs first (:func:`qsdk.nbfile.leading_imports`), ``false`` none, or
     an explicit list."""
     if value == "auto":
-        modules = leading_imports(read_cells(notebook))
+        modules = leading_imports(cells)
         # `qsdk.DataLoader` / `qsdk.write_table` load the lakehouse module on first use
         return _not_local((*modules, "qsdk.lakehouse.loader") if "qsdk" in modules else modules, notebook)
     if value is False or value is None:

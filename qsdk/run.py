@@ -293,8 +293,8 @@ def _schedule(flow: Flow, tasks: dict[str, list[Task]], ex: _LazyExecutor, state
                 stage_ok[stage] = True
                 if not tasks[stage]:
                     sorter.done(stage)
-                for task, cached in memo.lookup_all(tasks[stage]) if memo is not None else \
-                        [(t, None) for t in tasks[stage]]:
+                lookups = memo.lookup_all(tasks[stage]) if memo is not None else [(t, None) for t in tasks[stage]]
+                for task, cached in lookups:
                     if cached is not None:  # decided in the driver: no executor, no kernel
                         finish(task, cached)
                         continue

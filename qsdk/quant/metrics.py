@@ -84,6 +84,11 @@ def _check_quantiles(quantiles: int) -> int:
     return int(quantiles)
 
 
+def _check_cost(cost_bps: float) -> None:
+    if not math.isfinite(float(cost_bps)) or cost_bps < 0:
+        raise ValueError(f"cost_bps must be a finite number >= 0, got {cost_bps!r}.")
+
+
 def _rowwise_pearson(x: pd.Series, y: pd.Series, keys: pd.Series) -> pd.Series:
     """Pearson correlation of x and y within each key; NaN if < 2 rows or x or y constant."""
     gx, gy = x.groupby(keys), y.groupby(keys)
@@ -319,8 +324,7 @@ def long_short_returns(
     Returns a DataFrame indexed by date with columns long, short, gross, turnover, cost, net.
     """
     quantiles = _check_quantiles(quantiles)
-    if not math.isfinite(float(cost_bps)) or cost_bps < 0:
-        raise ValueError(f"cost_bps must be a finite number >= 0, got {cost_bps!r}.")
+    _check_cost(cost_bps)
     return _long_short(_with_quantiles(df, quantiles=quantiles, ties=ties), quantiles, cost_bps)
 
 
@@ -464,8 +468,7 @@ def daily_metrics(
     evaluates year partitions in parallel before :func:`summarize_daily`.
     """
     quantiles = _check_quantiles(quantiles)
-    if not math.isfinite(float(cost_bps)) or cost_bps < 0:
-        raise ValueError(f"cost_bps must be a finite number >= 0, got {cost_bps!r}.")
+    _check_cost(cost_bps)
     ic = information_coefficient(df, method="pearson")
     rank_ic = information_coefficient(df, method="spearman")
     with_returns = _with_quantiles(df, quantiles=quantiles, ties=ties)
