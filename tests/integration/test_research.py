@@ -50,6 +50,10 @@ def test_planted_signal_is_recovered_by_the_flow(planted):
     assert learnt.iloc[-1] > learnt.iloc[0]  # top quintile beats the bottom one
     daily = _table(planted, "gold.alpha_daily")
     assert daily.groupby("factor").size()["ic_weighted"] == evaluation.loc["ic_weighted", "n_dates"]
+    # evaluate_daily scores exactly the signal dates whose labels the backfill's window made known
+    labels = _table(planted, "gold.labels")
+    known = set(labels[labels["exit_date"] <= pd.Timestamp("2010-12-31").date()]["date"])
+    assert set(daily[daily["factor"] == "vendor_signal"]["date"]) == known
     # the summary stage's quantile means are the means of evaluate_daily's per-date series
     per_date = _table(planted, "gold.alpha_quantile_daily")
     per_date = per_date[per_date["factor"] == "ic_weighted"].groupby("quantile")["mean_return"].mean()
@@ -103,7 +107,8 @@ def test_point_in_time_join_on_the_flow_tables(planted):
 def test_daily_appends_one_session_idempotently(planted):
     from qsdk.quant import features as F
 
-    before = {t: _table(planted, t) for t in ("gold.alpha_scores", "gold.features_risk", "gold.labels")}
+    before = {t: _table(planted, t) for t in ("gold.alpha_scores", "gold.features_risk", "gold.labels",
+                                              "gold.alpha_daily")}
     planted.run_pipeline("daily", params={"date": "2011-01-03", "source": "synthetic", "n_symbols": 30,
                                           "signal_strength": 0.25}, track=False)
     first = {t: _table(planted, t) for t in before}
@@ -116,6 +121,8 @@ def test_daily_appends_one_session_idempotently(planted):
     prices = _table(planted, "silver.prices")
     listed = (prices["date"] == day).sum()
     assert listed >= 15 and new.groupby("alpha").size().to_dict() == dict.fromkeys(ALPHAS, listed)
+    evaluated = {run: frames.pop("gold.alpha_daily") for run, frames in
+                 (("before", before), ("first", first), ("second", second))}
     for table, frame in second.items():
         assert not frame.duplicated(["symbol", "date"] + (["alpha"] if "alpha" in frame else [])).any()
         assert len(frame) == len(first[table]) > len(before[table])
@@ -123,7 +130,18 @@ def test_daily_appends_one_session_idempotently(planted):
         pd.testing.assert_frame_equal(frame.sort_values(key).reset_index(drop=True),
                                       first[table].sort_values(key).reset_index(drop=True))
     labels = second["gold.labels"]
-    assert set(labels[labels["exit_date"] == day]["date"]) == {pd.Timestamp("2010-12-30").date()}
+    signal_day = pd.Timestamp("2010-12-30").date()
+    assert set(labels[labels["exit_date"] == day]["date"]) == {signal_day}
+    # the evaluation of the signal date whose label the session made known, appended once
+    assert signal_day not in set(evaluated["before"]["date"])
+    assert not evaluated["second"].duplicated(["factor", "date"]).any()
+    added = evaluated["second"][evaluated["second"]["date"] == signal_day].set_index("factor")
+    assert ALPHAS <= set(added.index) and "vendor_signal" in added.index
+    assert len(evaluated["second"]) == len(evaluated["first"]) == len(evaluated["before"]) + len(added)
+    on_day = scores[(scores["date"] == signal_day) & (scores["alpha"] == "ic_weighted")].merge(
+        labels[labels["date"] == signal_day], on="symbol")
+    assert added.loc["ic_weighted", "rank_ic"] == pytest.approx(
+        on_day["score"].corr(on_day["forward_return"], method="spearman"))
     # the appended features equal a recomputation over the whole price history
     prices["date"] = pd.to_datetime(prices["date"])
     spec = [{"name": "vol_63", "kind": "realized_volatility", "window": 63}]
@@ -132,6 +150,20 @@ def test_daily_appends_one_session_idempotently(planted):
     risk = second["gold.features_risk"]
     got = risk[risk["date"] == day].set_index("symbol")["vol_63"]
     pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_names=False)
+
+
+def test_daily_evaluation_without_known_labels_is_a_clear_error_that_writes_nothing(planted):
+    """No label became known on 2011-06-01 (the prices stop at 2011-01-03): evaluate_daily says
+    what is missing instead of writing an empty evaluation."""
+    before = DeltaTable(str(planted.config.lakehouse_root / "gold" / "alpha_daily")).version()
+    result = planted.run_pipeline("daily", params={"date": "2011-06-01"}, only=["evaluate_daily"], track=False,
+                                  raise_on_failure=False)
+    assert result.status == "failed"
+    err = result.failures[0].error
+    assert err.ename == "ValueError"
+    assert "gold.labels has no label that became known between 2011-06-01 and 2011-06-01" in err.evalue
+    assert "backfill them" in err.evalue
+    assert DeltaTable(str(planted.config.lakehouse_root / "gold" / "alpha_daily")).version() == before
 
 
 def test_daily_rejects_a_non_session_before_any_kernel(planted):
