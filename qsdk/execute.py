@@ -22,7 +22,7 @@ from qsdk.cache import CACHE_DIR
 from qsdk.errors import QsdkError, StageFailed
 from qsdk.lakehouse import staging
 from qsdk.lakehouse.contract import TableSpec
-from qsdk.lakehouse.tables import Lakehouse
+from qsdk.lakehouse.tables import LOCK_DIR, Lakehouse
 from qsdk.runtime import ENV_CONTEXT, StageContext
 from qsdk.sandbox import SANDBOX_DIR
 
@@ -198,8 +198,9 @@ def _check_outputs_written(task: Task) -> None:
         )
 
 
-# Folders of the lakehouse root that qsdk writes outside stage commits (cache records, sandboxes).
-_LAKE_PRIVATE = (CACHE_DIR, SANDBOX_DIR)
+# Folders of the lakehouse root that qsdk writes outside stage commits (cache records, sandboxes,
+# table-creation locks).
+_LAKE_PRIVATE = (CACHE_DIR, SANDBOX_DIR, LOCK_DIR)
 # A data file as delta-rs names it. One that no commit references yet belongs to another task's
 # commit in flight (or one that lost a conflict): invisible to Delta readers, not this notebook's.
 # ``#N`` is object_store's staging suffix: a local write goes to ``name#N``, then is renamed.

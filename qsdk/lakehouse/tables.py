@@ -6,6 +6,9 @@ Tables live at ``<root>/<layer>/<name>``; names are validated so no path can esc
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -23,6 +26,7 @@ WriteMode = Literal["append", "overwrite", "merge"]
 WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "merge")
 Filters = Sequence[tuple[str, str, Any]] | None
 _CONFLICT_RETRIES = 8
+LOCK_DIR = "_qsdk_locks"  # under the root: one lock file per table, taken only to create it
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,14 @@ class Lakehouse:
             ) from None
 
     def exists(self, name: str) -> bool:
-        return (self.path(name) / "_delta_log").is_dir()
+        """Whether ``name`` has a committed version. A ``_delta_log`` folder alone is not enough:
+        a writer creating the table makes the folder before its first commit lands."""
+        log = self.path(name) / "_delta_log"
+        try:
+            with os.scandir(log) as entries:  # commits and checkpoints: 000...
+                return any(entry.name[:1].isdigit() for entry in entries)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def _table(self, name: str, version: int | None = None):
         from deltalake import DeltaTable
@@ -194,11 +205,13 @@ class Lakehouse:
         props = CommitProperties(custom_metadata=_stringify(meta), app_transactions=txns)
         path = str(self.path(name))
         if not self.exists(name):
-            self.path(name).parent.mkdir(parents=True, exist_ok=True)
-            write_deltalake(path, table, mode="append" if mode != "overwrite" else "overwrite",
-                            partition_by=list(spec.partition_by) or None, name=name,
-                            description=spec.description or None, commit_properties=props)
-            return None
+            with self._creation_lock(name):
+                if not self.exists(name):
+                    write_deltalake(path, table, mode="append" if mode != "overwrite" else "overwrite",
+                                    partition_by=list(spec.partition_by) or None, name=name,
+                                    description=spec.description or None, commit_properties=props)
+                    return None
+            # another writer created it while this one waited: write as to any existing table
         dt = self._table(name)  # one snapshot for the key check and the commit
         on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in spec.primary_key)
         if mode == "append":
@@ -220,6 +233,27 @@ class Lakehouse:
                 .execute()
             )
         return dt.version()
+
+    @contextlib.contextmanager
+    def _creation_lock(self, name: str):
+        """Hold ``<root>/_qsdk_locks/<name>.lock`` while creating ``name``.
+
+        Delta's optimistic concurrency does not cover creation: delta-rs commits a second writer's
+        concurrent creation as version 1 without a conflict, so two first appends of the same keys
+        would both land. Serialising creation closes that gap for every writer that shares the
+        lakehouse folder (processes and Ray workers on this host; hosts on a file system whose
+        ``flock`` is shared, such as NFSv4). The loser then writes through the normal path: its
+        keys are checked against the winner's and its commit conflict-checked.
+        """
+        locks = self.root / LOCK_DIR
+        locks.mkdir(parents=True, exist_ok=True)
+        self.path(name).parent.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{name}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _refuse_existing_keys(self, name: str, spec: TableSpec, table: pa.Table, *,
                               version: int | None = None) -> None:

@@ -93,8 +93,9 @@ qsdk.write_table("silver.out", good)"""
     assert set(tries.error[tries.op.isin(["extra", "missing", "retyped", "truncating"])]) == {"ContractViolation"}
 
     assert _tree(tmp_path, skip=(lake_root, runs)) == before  # nothing created outside the lakehouse
-    assert sorted(p.relative_to(lake_root).as_posix() for p in lake_root.glob("*/*")) == \
-        ["bronze/attempts", "silver/out"]
+    created = sorted(p.relative_to(lake_root).as_posix() for p in lake_root.glob("*/*"))
+    assert created == ["_qsdk_locks/bronze.attempts.lock", "_qsdk_locks/silver.out.lock",  # no bad name got as far
+                       "bronze/attempts", "silver/out"]
     assert state(sdk.lakehouse, "silver.out") == TableState(0, 1)
 
 
