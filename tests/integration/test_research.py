@@ -142,6 +142,18 @@ def test_daily_appends_one_session_idempotently(planted):
         labels[labels["date"] == signal_day], on="symbol")
     assert added.loc["ic_weighted", "rank_ic"] == pytest.approx(
         on_day["score"].corr(on_day["forward_return"], method="spearman"))
+    # and a rolling evaluation over the trailing 252 sessions, one row per factor however often it runs
+    from qsdk.quant.calendar import sessions_before
+
+    rolling = _table(planted, "gold.alpha_evaluation")
+    rolling = rolling[rolling["end"] == day].set_index("factor")
+    assert not rolling.index.duplicated().any() and ALPHAS <= set(rolling.index)
+    window_start = sessions_before(day, 251).date()
+    assert (rolling["start"] == window_start).all()
+    series = evaluated["second"]
+    in_window = series[(series["factor"] == "ic_weighted") & (series["date"] >= window_start)]
+    assert rolling.loc["ic_weighted", "n_dates"] == len(in_window) > 200
+    assert rolling.loc["ic_weighted", "rank_ic_mean"] == pytest.approx(in_window["rank_ic"].mean())
     # the appended features equal a recomputation over the whole price history
     prices["date"] = pd.to_datetime(prices["date"])
     spec = [{"name": "vol_63", "kind": "realized_volatility", "window": 63}]
