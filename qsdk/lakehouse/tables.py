@@ -11,7 +11,7 @@ import fcntl
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -235,7 +235,7 @@ class Lakehouse:
         return dt.version()
 
     @contextlib.contextmanager
-    def _creation_lock(self, name: str):
+    def _creation_lock(self, name: str) -> Iterator[None]:
         """Hold ``<root>/_qsdk_locks/<name>.lock`` while creating ``name``.
 
         Delta's optimistic concurrency does not cover creation: delta-rs commits a second writer's
