@@ -162,7 +162,7 @@ def test_resources_and_timeouts(ray_session, project):
                              raise_on_failure=False)
     notebook = sdk.run_pipeline("notebook", executor=RayExecutor(wall_clock_grace=0.3), track=False,
                                 cache=False, raise_on_failure=False)
-    assert time.perf_counter() - started < 40  # nobody waited for the 60 s cell
+    assert time.perf_counter() - started < 55  # nobody waited for the 60 s cell
     by_stage = {r.stage: r for r in cells.results + notebook.results}
 
     assert by_stage["sized"].status == "succeeded"
