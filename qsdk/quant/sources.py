@@ -71,6 +71,32 @@ def load(
     raise ValueError(f"unknown source {source!r}; use 'bokeh' or 'synthetic'")
 
 
+def coverage(source: Source, *, history_start: str = SYNTHETIC_HISTORY_START) -> tuple[dt.date, dt.date | None]:
+    """The first and last date ``source`` has bars for; the last is ``None`` for the synthetic
+    market, which is generated for any date from ``history_start`` on."""
+    if source == "bokeh":
+        dates = load_bokeh(start="1900-01-01", end="2100-12-31")["date"]
+        return dates.min().date(), dates.max().date()
+    if source == "synthetic":
+        return dt.date.fromisoformat(history_start), None
+    raise ValueError(f"unknown source {source!r}; use 'bokeh' or 'synthetic'")
+
+
+def require_bars(bars: pd.DataFrame, *, source: Source, start: str, end: str,
+                 history_start: str = SYNTHETIC_HISTORY_START) -> None:
+    """Raise ``ValueError`` when ``bars`` is empty, naming the dates ``source`` covers.
+
+    A daily run for a date the source does not cover must fail where the cause is, at ingest,
+    not stages later as "no label became known".
+    """
+    if len(bars):
+        return
+    first, last = coverage(source, history_start=history_start)
+    covers = f"{first} to {last}" if last else f"every session from {first}"
+    raise ValueError(f"source {source!r} has no bars between {start} and {end}: it covers {covers}; "
+                     "pick dates inside that range")
+
+
 def load_signals(
     source: Source,
     *,

@@ -178,6 +178,17 @@ def test_daily_evaluation_without_known_labels_is_a_clear_error_that_writes_noth
     assert DeltaTable(str(planted.config.lakehouse_root / "gold" / "alpha_daily")).version() == before
 
 
+def test_daily_for_a_date_the_source_does_not_cover_fails_at_ingest(planted):
+    """The packaged real data ends in March 2013: the daily flow's ingest says so, and writes nothing."""
+    before = DeltaTable(str(planted.config.lakehouse_root / "bronze" / "prices_raw")).version()
+    result = planted.run_pipeline("daily", params={"date": "2013-03-05", "source": "bokeh"}, only=["ingest_prices"],
+                                  track=False, raise_on_failure=False)
+    (failure,) = result.failures
+    assert failure.stage == "ingest_prices" and failure.error.ename == "ValueError"
+    assert "source 'bokeh' has no bars between 2013-03-05 and 2013-03-05: it covers 2000-03-01" in failure.error.evalue
+    assert DeltaTable(str(planted.config.lakehouse_root / "bronze" / "prices_raw")).version() == before
+
+
 def test_daily_rejects_a_non_session_before_any_kernel(planted):
     runs_before = set(planted.config.runs_dir.iterdir())
     with pytest.raises(ParameterError) as info:
