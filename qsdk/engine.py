@@ -10,6 +10,7 @@ started for this notebook and for one started ahead of time (a pre-warmed kernel
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from papermill.clientwrap import PapermillNotebookClient
@@ -22,6 +23,15 @@ from qsdk.errors import StageFailed
 ENGINE_NAME = "qsdk"
 
 
+def bootstrap_code(*, env: Mapping[str, str] | None = None, cwd: str | None = None) -> str:
+    """Kernel code that sets ``env`` and moves to ``cwd``, leaving no name in the namespace."""
+    code = "import os as __qsdk_os\n"
+    code += "".join(f"__qsdk_os.environ[{k!r}] = {v!r}\n" for k, v in (env or {}).items())
+    if cwd:
+        code += f"__qsdk_os.chdir({cwd!r})\n"
+    return code + "del __qsdk_os\n"
+
+
 class _QsdkClient(PapermillNotebookClient):
     kernel_env = Dict({}, help="environment variables set in the kernel before the first cell")
     kernel_cwd = Unicode(None, allow_none=True, help="folder the kernel moves to before the first cell")
@@ -32,11 +42,7 @@ class _QsdkClient(PapermillNotebookClient):
         super().papermill_execute_cells()
 
     def _bootstrap(self) -> None:
-        code = "import os as __qsdk_os\n"
-        code += "".join(f"__qsdk_os.environ[{k!r}] = {v!r}\n" for k, v in self.kernel_env.items())
-        if self.kernel_cwd:
-            code += f"__qsdk_os.chdir({self.kernel_cwd!r})\n"
-        code += "del __qsdk_os\n"
+        code = bootstrap_code(env=self.kernel_env, cwd=self.kernel_cwd)
         msg_id = self.kc.execute(code, silent=True, store_history=False)
         reply = self.wait_for_reply(msg_id)
         if not reply or reply["content"].get("status") != "ok":

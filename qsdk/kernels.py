@@ -313,8 +313,9 @@ class KernelPool:
         return km
 
     async def _chdir(self, km: _PooledKernelManager, cwd: str) -> None:
-        code = f"import os as __qsdk_os\n__qsdk_os.chdir({cwd!r})\ndel __qsdk_os\n"
-        await self._execute(km, code, what=f"move the kernel to {cwd}")
+        from qsdk.engine import bootstrap_code
+
+        await self._execute(km, bootstrap_code(cwd=cwd), what=f"move the kernel to {cwd}")
 
     async def _execute(self, km: _PooledKernelManager, code: str, *, what: str) -> None:
         """Run ``code`` silently in ``km``'s kernel (no output, no history) and wait for it."""

@@ -19,9 +19,13 @@ SYNTHETIC = {"source": "synthetic", "n_symbols": 30, "start": "2010-01-01", "end
 ALPHAS = {"composite", "ic_weighted"}
 
 
-def _table(sdk: QuantSDK, name: str) -> pd.DataFrame:
+def _delta(sdk: QuantSDK, name: str) -> DeltaTable:
     layer, table = name.split(".")
-    return DeltaTable(str(sdk.config.lakehouse_root / layer / table)).to_pandas()
+    return DeltaTable(str(sdk.config.lakehouse_root / layer / table))
+
+
+def _table(sdk: QuantSDK, name: str) -> pd.DataFrame:
+    return _delta(sdk, name).to_pandas()
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +171,7 @@ def test_daily_appends_one_session_idempotently(planted):
 def test_daily_evaluation_without_known_labels_is_a_clear_error_that_writes_nothing(planted):
     """No label became known on 2011-06-01 (the prices stop at 2011-01-03): evaluate_daily says
     what is missing instead of writing an empty evaluation."""
-    before = DeltaTable(str(planted.config.lakehouse_root / "gold" / "alpha_daily")).version()
+    before = _delta(planted, "gold.alpha_daily").version()
     result = planted.run_pipeline("daily", params={"date": "2011-06-01"}, only=["evaluate_daily"], track=False,
                                   raise_on_failure=False)
     assert result.status == "failed"
@@ -175,18 +179,18 @@ def test_daily_evaluation_without_known_labels_is_a_clear_error_that_writes_noth
     assert err.ename == "ValueError"
     assert "gold.labels has no label that became known between 2011-06-01 and 2011-06-01" in err.evalue
     assert "backfill them" in err.evalue
-    assert DeltaTable(str(planted.config.lakehouse_root / "gold" / "alpha_daily")).version() == before
+    assert _delta(planted, "gold.alpha_daily").version() == before
 
 
 def test_daily_for_a_date_the_source_does_not_cover_fails_at_ingest(planted):
     """The packaged real data ends in March 2013: the daily flow's ingest says so, and writes nothing."""
-    before = DeltaTable(str(planted.config.lakehouse_root / "bronze" / "prices_raw")).version()
+    before = _delta(planted, "bronze.prices_raw").version()
     result = planted.run_pipeline("daily", params={"date": "2013-03-05", "source": "bokeh"}, only=["ingest_prices"],
                                   track=False, raise_on_failure=False)
     (failure,) = result.failures
     assert failure.stage == "ingest_prices" and failure.error.ename == "ValueError"
     assert "source 'bokeh' has no bars between 2013-03-05 and 2013-03-05: it covers 2000-03-01" in failure.error.evalue
-    assert DeltaTable(str(planted.config.lakehouse_root / "bronze" / "prices_raw")).version() == before
+    assert _delta(planted, "bronze.prices_raw").version() == before
 
 
 def test_daily_rejects_a_non_session_before_any_kernel(planted):
