@@ -18,6 +18,7 @@ from papermill.engines import NBClientEngine, papermill_engines
 from papermill.utils import merge_kwargs, remove_args
 from traitlets import Dict, Unicode
 
+from qsdk import inkernel
 from qsdk.errors import StageFailed
 
 ENGINE_NAME = "qsdk"
@@ -38,15 +39,18 @@ class _QsdkClient(PapermillNotebookClient):
 
     def papermill_execute_cells(self) -> None:
         if self.kernel_env or self.kernel_cwd:
-            self._bootstrap()
+            self._silent(bootstrap_code(env=self.kernel_env, cwd=self.kernel_cwd) + inkernel.start_code(),
+                         what="could not set the stage context")
         super().papermill_execute_cells()
+        if self.kernel_env:  # a stage run (not a plain papermill call): what the notebook imported
+            self._silent(inkernel.finish_code(), what="could not record the notebook's imports")
 
-    def _bootstrap(self) -> None:
-        code = bootstrap_code(env=self.kernel_env, cwd=self.kernel_cwd)
+    def _silent(self, code: str, *, what: str) -> None:
         msg_id = self.kc.execute(code, silent=True, store_history=False)
         reply = self.wait_for_reply(msg_id)
         if not reply or reply["content"].get("status") != "ok":
-            raise StageFailed("kernel bootstrap failed: could not set the stage context", reason="bootstrap")
+            evalue = (reply or {}).get("content", {}).get("evalue", "no reply")
+            raise StageFailed(f"kernel bootstrap failed: {what} ({evalue})", reason="bootstrap")
 
 
 class QsdkEngine(NBClientEngine):
