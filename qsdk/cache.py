@@ -9,6 +9,12 @@ A task is *cached* when all of these match its last successful run:
   version matches at once; after the table moved on, the same read (columns and filters) is
   evaluated again in the driver at the current version and compared by content fingerprint, so
   a new partition appended upstream does not invalidate the partitions that never read it;
+* ``deps``: the code closure (:mod:`qsdk.codedeps`): every project or qsdk module the notebook
+  imported, directly or through other project modules, by content hash; the version of every
+  third-party distribution the notebook or project code imported; the Python version;
+* ``contracts``: the contract (columns, types, keys) of every table it read or wrote;
+* ``sources``: the declared non-table sources of the stage (registry ``sources:``: a package
+  whose version is the data's identity, or files whose hashes are);
 * the outputs it wrote are still there (each table exists and reached the recorded version).
 
 The decision needs no kernel and no Ray: only Delta metadata and, when a table moved, the
@@ -29,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from qsdk import codedeps
 from qsdk.errors import QsdkError
 from qsdk.nbfile import read_cells, tags
 
@@ -48,6 +55,11 @@ def code_hash(notebook: str | Path) -> str:
 
 def params_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def contract_hash(spec: dict[str, Any]) -> str:
+    """Hash of one table's contract as the registry declares it (``TableSpec.to_dict()``)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def fingerprint(table: pa.Table) -> str:
@@ -74,6 +86,10 @@ class CacheRecord:
     written: dict[str, int]
     run_id: str
     notebook: str
+    # None in records written before qsdk tracked them: such a record is stale
+    deps: dict[str, Any] | None = None
+    contracts: dict[str, str] | None = None
+    sources: dict[str, str] | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True, default=str)
@@ -91,10 +107,13 @@ class Verdict:
 
 
 class Cache:
-    def __init__(self, lakehouse: Any) -> None:
+    def __init__(self, lakehouse: Any, *, project_root: str | Path) -> None:
         self.lakehouse = lakehouse
+        self.project_root = Path(project_root)
         self.root = Path(lakehouse.root) / CACHE_DIR
         self._versions: dict[str, int | None] | None = None
+        self._dists: dict[str, str | None] = {}  # installed versions, looked up once per Cache
+        self._sources: dict[tuple[Any, ...], dict[str, str]] = {}
 
     @contextmanager
     def versions_pinned(self) -> Iterator[None]:
@@ -145,18 +164,40 @@ class Cache:
         self._path(stage, partition).unlink(missing_ok=True)
 
     def check(self, *, stage: str, partition: str | None, notebook: str, params: dict[str, Any],
-              code: str | None = None) -> Verdict:
+              code: str | None = None, sources: Any = ()) -> Verdict:
+        """``sources``: the stage's declared non-table sources (:class:`qsdk.stage.SourceSpec`)."""
         record = self.load(stage, partition)
         if record is None:
             return Verdict("never", ["never run"])
         reasons = []
         if record.code != (code or code_hash(notebook)):
-            reasons.append("code changed")
+            reasons.append(f"notebook {_short(notebook, self.project_root)} changed")
         if record.params != params_hash(params):
             reasons.append("parameters changed")
+        reasons += self._dependency_changes(record, sources)
         reasons += self._input_changes(record)
         reasons += self._missing_outputs(record)
         return Verdict("stale" if reasons else "cached", reasons, record)
+
+    def current_sources(self, sources: Any) -> dict[str, str]:
+        key = tuple(sources)
+        if key not in self._sources:
+            self._sources[key] = codedeps.source_fingerprints(key, project_root=self.project_root)
+        return self._sources[key]
+
+    def _dependency_changes(self, record: CacheRecord, sources: Any) -> list[str]:
+        if record.deps is None or record.contracts is None or record.sources is None:
+            return ["recorded before qsdk tracked imported code, contracts and sources"]
+        out = codedeps.changes(codedeps.Closure.from_dict(record.deps), project_root=self.project_root,
+                               versions=self._dists)
+        for table, digest in sorted(record.contracts.items()):
+            spec = self.lakehouse.specs.get(table)
+            if spec is None:
+                out.append(f"contract of {table} is gone")
+            elif contract_hash(spec.to_dict()) != digest:
+                out.append(f"contract of {table} changed")
+        out += codedeps.source_changes(record.sources, self.current_sources(sources))
+        return out
 
     def _input_changes(self, record: CacheRecord) -> list[str]:
         out = []
@@ -191,6 +232,11 @@ class TaskStatus:
         return {"stage": self.stage, "partition": self.partition, "state": self.state, "reasons": list(self.reasons)}
 
 
+def _short(path: str | Path, root: Path) -> str:
+    p = Path(path)
+    return str(p.relative_to(root)) if p.is_absolute() and p.is_relative_to(root) else str(p)
+
+
 def flow_status(flow: Any, params: dict[str, dict[str, Any]], *, cache: Cache) -> list[TaskStatus]:
     """Cached / stale (with reasons) / never run, per stage and partition, without running anything.
 
@@ -206,7 +252,8 @@ def flow_status(flow: Any, params: dict[str, dict[str, Any]], *, cache: Cache) -
         upstream = sorted(deps[name] & will_run)
         with cache.versions_pinned():
             verdicts = [(key, cache.check(stage=name, partition=key, notebook=str(stage.notebook), params=values,
-                                          code=code)) for key, values in stage.partitions(params[name])]
+                                          code=code, sources=stage.sources))
+                        for key, values in stage.partitions(params[name])]
         for key, verdict in verdicts:
             reasons = list(verdict.reasons) + [f"upstream {u} will run" for u in upstream]
             state: State = verdict.state if not upstream or verdict.state == "never" else "stale"

@@ -113,3 +113,268 @@ def _parents(name: str) -> list[str]:
     """``a.b.c`` -> ``[a, a.b, a.b.c]``: importing a submodule runs its packages' ``__init__``."""
     parts = name.split(".")
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+# ------------------------------------------------------------------ in the driver
+@dataclass(frozen=True)
+class Closure:
+    """What a task's code depends on beyond its notebook, as recorded after it ran.
+
+    ``files``: project or qsdk source files, keyed by path relative to the project root
+    (absolute when outside it), with their SHA-256; ``packages``: ``{distribution: version}``
+    of the third-party packages the notebook or project code imported; ``python``: the
+    interpreter version.
+    """
+
+    files: dict[str, str] = field(default_factory=dict)
+    packages: dict[str, str] = field(default_factory=dict)
+    python: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"files": dict(sorted(self.files.items())), "packages": dict(sorted(self.packages.items())),
+                "python": self.python}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Closure:
+        return cls(dict(data.get("files") or {}), dict(data.get("packages") or {}), str(data.get("python") or ""))
+
+
+def python_version() -> str:
+    return ".".join(map(str, sys.version_info[:3]))
+
+
+def closure(staging_dir: str | Path, *, project_root: str | Path, notebook_dir: str | Path | None = None) -> Closure:
+    """The code closure of the task whose kernel wrote ``imports.json`` into ``staging_dir``."""
+    path = Path(staging_dir) / IMPORTS_FILE
+    if not path.is_file():
+        return Closure(python=python_version())
+    log = json.loads(path.read_text())
+    scope = _Scope(Path(project_root), Path(notebook_dir) if notebook_dir else None, log.get("files") or {})
+    project = {name for name in scope.files if scope.project_file(name)}
+    start = {imported for importer, imported in log.get("edges") or [] if importer == _NOTEBOOK or importer in project}
+    files, third_party = scope.walk(start)
+    return Closure(
+        files={scope.key(f): file_hash(f) for f in sorted(files)},
+        packages=distributions(third_party),
+        python=python_version(),
+    )
+
+
+class _Scope:
+    """Resolves module names to project files, from the kernel's record or by path search."""
+
+    def __init__(self, project_root: Path, notebook_dir: Path | None, files: Mapping[str, str | None]) -> None:
+        import qsdk
+
+        self.root = project_root.resolve()
+        self.qsdk_dir = Path(qsdk.__file__).resolve().parent
+        self.search = [p for p in (notebook_dir, self.qsdk_dir.parent, self.root) if p is not None]
+        self.files = dict(files)
+        self._excluded = tuple({Path(p).resolve() for p in (sys.prefix, sys.base_prefix)})
+
+    def project_file(self, name: str) -> Path | None:
+        """The file of module ``name`` when it is project or qsdk code, else None."""
+        if not name:
+            return None
+        if name in self.files:  # the kernel's record: None for built-in and namespace modules
+            file = self.files[name]
+            path = Path(file).resolve() if file else None
+        else:
+            path = self._find(name)
+        if path is None or path.suffix != ".py":
+            return None
+        if path.is_relative_to(self.qsdk_dir):
+            return path
+        if path.is_relative_to(self.root) and "site-packages" not in path.parts \
+                and not any(path.is_relative_to(p) for p in self._excluded):
+            return path
+        return None
+
+    def _find(self, name: str) -> Path | None:
+        rel = Path(*name.split("."))
+        for base in self.search:
+            for candidate in (base / rel.with_suffix(".py"), base / rel / "__init__.py"):
+                if candidate.is_file():
+                    return candidate.resolve()
+        return None
+
+    def walk(self, start: Iterable[str]) -> tuple[set[Path], set[str]]:
+        files: set[Path] = set()
+        third_party: set[str] = set()
+        queue = [p for name in start for p in _parents(name)]
+        seen: set[str] = set()
+        while queue:
+            name = queue.pop()
+            if name in seen or not name:
+                continue
+            seen.add(name)
+            path = self.project_file(name)
+            if path is None:
+                top = name.split(".")[0]
+                if self.project_file(top) is not None:
+                    continue  # a name inside a project module (`from qsdk.x import SomeClass`)
+                if top not in sys.stdlib_module_names and top not in sys.builtin_module_names \
+                        and top != _NOTEBOOK and not top.startswith("_"):
+                    third_party.add(top)
+                continue
+            files.add(path)
+            queue += [p for imported in static_imports(path, name) for p in _parents(imported)]
+        return files, third_party
+
+    def key(self, path: Path) -> str:
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
+
+def resolve_key(key: str, project_root: str | Path) -> Path:
+    path = Path(key)
+    return path if path.is_absolute() else Path(project_root) / path
+
+
+_STATIC: dict[tuple[str, int, int], list[str]] = {}
+
+
+def static_imports(path: Path, module: str) -> list[str]:
+    """Modules ``path`` (the module named ``module``) imports at module level; ``if
+    TYPE_CHECKING`` blocks left out. ``from a import b`` yields ``a`` and ``a.b``."""
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if memo in _STATIC:
+        return _STATIC[memo]
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (SyntaxError, ValueError):
+        tree = ast.Module(body=[], type_ignores=[])
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: list[str] = []
+    for node in _module_level(tree.body):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".") if package else []
+                parts = parts[: len(parts) - node.level + 1] if node.level > 1 else parts
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            found.append(base)
+            found += [f"{base}.{a.name}" for a in node.names if a.name != "*"]
+    _STATIC[memo] = found
+    return found
+
+
+def _module_level(body: list[ast.stmt]) -> Iterable[ast.stmt]:
+    for node in body:
+        if isinstance(node, ast.If):
+            test = ast.unparse(node.test)
+            if "TYPE_CHECKING" not in test:
+                yield from _module_level(node.body)
+                yield from _module_level(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, *(h.body for h in node.handlers), node.orelse, node.finalbody):
+                yield from _module_level(block)
+        else:
+            yield node
+
+
+_HASHES: dict[str, tuple[int, int, str]] = {}
+
+
+def file_hash(path: str | Path) -> str:
+    """SHA-256 of a file, memoised by (path, size, mtime): a check re-hashes changed files only.
+    A missing file hashes to ``""``."""
+    path = str(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    memo = _HASHES.get(path)
+    if memo is not None and memo[:2] == (st.st_size, st.st_mtime_ns):
+        return memo[2]
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    _HASHES[path] = (st.st_size, st.st_mtime_ns, digest)
+    return digest
+
+
+_TOP_LEVEL: dict[str, list[str]] | None = None
+
+
+def distributions(top_level_names: Iterable[str]) -> dict[str, str]:
+    """``{distribution: version}`` of the installed distributions providing these import names."""
+    global _TOP_LEVEL
+    from importlib import metadata
+
+    out: dict[str, str] = {}
+    for name in top_level_names:
+        version = installed_version(name)  # most import names are their distribution's name
+        if version is not None:
+            out[metadata.distribution(name).metadata["Name"]] = version
+            continue
+        if _TOP_LEVEL is None:  # scans every installed distribution: only when needed, once
+            _TOP_LEVEL = metadata.packages_distributions()
+        for dist in _TOP_LEVEL.get(name, ()):
+            version = installed_version(dist)
+            if version is not None:
+                out[dist] = version
+    return out
+
+
+def installed_version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def changes(recorded: Closure, *, project_root: str | Path,
+            versions: dict[str, str | None] | None = None) -> list[str]:
+    """Why ``recorded`` no longer describes the code on this machine, in words a user can act on
+    (``qsdk/quant/metrics.py changed``, ``pandas 2.2.3 -> 2.3.0``). ``versions``: a memo of
+    installed versions shared by the checks of one status or run."""
+    out: list[str] = []
+    for key, digest in recorded.files.items():
+        now = file_hash(resolve_key(key, project_root))
+        if now != digest:
+            out.append(f"{key} {'is gone' if not now else 'changed'}")
+    memo = versions if versions is not None else {}
+    for dist, version in recorded.packages.items():
+        if dist not in memo:
+            memo[dist] = installed_version(dist)
+        if memo[dist] != version:
+            out.append(f"{dist} {version} -> {memo[dist] or 'not installed'}")
+    if recorded.python and recorded.python != python_version():
+        out.append(f"python {recorded.python} -> {python_version()}")
+    return out
+
+
+def source_fingerprints(sources: Iterable[Any], *, project_root: str | Path) -> dict[str, str]:
+    """``{label: identity}`` of a stage's declared non-table sources (:class:`qsdk.stage.SourceSpec`):
+    a package's installed version, or a hash over the files a glob matches (path and content)."""
+    out: dict[str, str] = {}
+    root = Path(project_root)
+    for source in sources:
+        if source.kind == "package":
+            out[source.label] = installed_version(source.name) or "not installed"
+        else:
+            digest = hashlib.sha256()
+            for path in sorted(root.glob(source.name)):
+                if path.is_file():
+                    digest.update(f"{path.relative_to(root)}\0{file_hash(path)}\0".encode())
+            out[source.label] = digest.hexdigest()
+    return out
+
+
+def source_changes(recorded: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
+    out = []
+    for label in sorted(set(recorded) | set(current)):
+        before, now = recorded.get(label), current.get(label)
+        if before == now:
+            continue
+        if label.startswith("files "):
+            out.append(f"source {label} changed")
+        elif before is None or now is None:
+            out.append(f"source {label} {'declared' if before is None else 'no longer declared'}")
+        else:
+            out.append(f"source {label} {before} -> {now}")
+    return out

@@ -42,6 +42,8 @@ class Task:
     retries: int = 0
     resources: dict[str, float] = field(default_factory=dict)
     preload: tuple[str, ...] = ()  # modules a pre-warmed kernel may import ahead (Stage.preload)
+    project_root: str = ""  # where project modules live: the code closure (qsdk.codedeps) keys files by it
+    sources: tuple[Any, ...] = ()  # the stage's declared non-table sources (Stage.sources)
 
     @property
     def key(self) -> str:
@@ -110,6 +112,7 @@ def run_task(task: Task, *, km: Any = None) -> TaskResult:
         _check_outputs_written(task)
         result.read = staging.recorded_reads(task.staging_dir)
         result.extra["reads"] = staging.read_log(task.staging_dir)
+        result.extra["deps"] = _dependencies(task)
         result.written = _commit(task)
         result.status = "succeeded"
     except StageFailed as exc:
@@ -119,6 +122,21 @@ def run_task(task: Task, *, km: Any = None) -> TaskResult:
                                ename=type(exc).__name__, evalue=str(exc))
     result.duration = time.perf_counter() - started
     return result
+
+
+def _dependencies(task: Task) -> dict[str, Any]:
+    """What the result depends on beyond notebook, parameters and reads, for its cache record:
+    the code closure, the contracts of its tables, the identity of its declared sources."""
+    from qsdk import codedeps
+    from qsdk.cache import contract_hash
+
+    root = task.project_root or str(Path(task.notebook).parent)
+    closure = codedeps.closure(task.staging_dir, project_root=root, notebook_dir=Path(task.notebook).parent)
+    return {
+        "code": closure.to_dict(),
+        "contracts": {t: contract_hash(spec) for t, spec in sorted(task.context.tables.items())},
+        "sources": codedeps.source_fingerprints(task.sources, project_root=root),
+    }
 
 
 def _papermill(task: Task, context_path: Path, km: Any) -> None:

@@ -18,7 +18,10 @@ def start() -> None:
 
 
 def finish() -> None:
-    from qsdk import codedeps, runtime
+    from qsdk import codedeps
+
+    codedeps.stop_recording()  # this function's own imports are not the notebook's
+    from qsdk import runtime
 
     ctx = runtime.current()
     if ctx is not None and ctx.staging_dir:

@@ -32,10 +32,10 @@ from qsdk.featurestore import FeatureView, parse_view
 from qsdk.flow import Binding, Flow
 from qsdk.lakehouse.contract import TableSpec
 from qsdk.nbfile import leading_imports
-from qsdk.stage import PartitionSpec, Stage
+from qsdk.stage import PartitionSpec, SourceSpec, Stage
 
 _STAGE_KEYS = {"notebook", "inputs", "outputs", "parameters", "partition", "description",
-               "timeout", "retries", "resources", "preload"}
+               "timeout", "retries", "resources", "preload", "sources"}
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _FLOW_KEYS = {"stages", "parameters", "description", "bind"}
 
@@ -183,6 +183,7 @@ def _stage(name: str, spec: dict[str, Any], origin: str, tables: dict[str, Table
         retries=int(spec.get("retries") or 0),
         resources=dict(spec.get("resources") or {}),
         preload=_preload(spec.get("preload", "auto"), cells, notebook, where),
+        sources=_sources(spec.get("sources"), where),
     )
     stage.check_partition_params()
     return stage
@@ -204,6 +205,23 @@ def _preload(value: Any, cells: list[dict[str, Any]], notebook: Path, where: str
         f"{where}: preload must be 'auto', false or a list of module names such as "
         f"[pandas, qsdk.quant.features], got {value!r}"
     )
+
+
+def _sources(value: Any, where: str) -> tuple[SourceSpec, ...]:
+    """``sources: [{package: bokeh-sampledata}, {files: "data/*.csv"}]``: data outside the
+    lakehouse whose identity belongs to the stage's cache key."""
+    items = value or []
+    out = []
+    for item in items if isinstance(items, list) else [items]:
+        if not (isinstance(item, dict) and len(item) == 1 and next(iter(item)) in ("package", "files")
+                and isinstance(next(iter(item.values())), str) and next(iter(item.values()))):
+            raise RegistryError(
+                f"{where}: sources: each entry is {{package: DISTRIBUTION}} or {{files: GLOB}} (a glob "
+                f"under the project root), got {item!r}"
+            )
+        (kind, name), = item.items()
+        out.append(SourceSpec(kind, name))
+    return tuple(out)
 
 
 def _not_local(modules: tuple[str, ...], notebook: Path) -> tuple[str, ...]:

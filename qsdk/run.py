@@ -145,6 +145,8 @@ def plan(flow: Flow, params: Mapping[str, dict[str, Any]], *, registry: Registry
                 retries=stage.retries,
                 resources=dict(stage.resources),
                 preload=stage.preload,
+                project_root=str(config.project_root),
+                sources=stage.sources,
             ))
     return tasks
 
@@ -181,7 +183,8 @@ def run_flow(
     forced = set(flow.stage_names) if force is True else set(force or ())
     for name in forced:
         flow.stage(name)  # an unknown stage name is an error
-    memo = _Memo(Cache(Lakehouse(config.lakehouse_root, registry.tables)), forced) if cache else None
+    lakehouse = Lakehouse(config.lakehouse_root, registry.tables)
+    memo = _Memo(Cache(lakehouse, project_root=config.project_root), forced) if cache else None
     started = time.perf_counter()
     results: list[TaskResult] = []
     try:
@@ -244,7 +247,7 @@ class _Memo:
         if task.stage in self.forced:
             return None
         verdict = self.cache.check(stage=task.stage, partition=task.partition, notebook=task.notebook,
-                                   params=task.parameters, code=self.code(task))
+                                   params=task.parameters, code=self.code(task), sources=task.sources)
         if not verdict.hit or verdict.record is None:
             return None
         rec = verdict.record
@@ -255,10 +258,12 @@ class _Memo:
     def record(self, task: Task, result: TaskResult) -> None:
         if result.status != "succeeded":
             return
+        deps = result.extra.get("deps") or {}
         self.cache.save(CacheRecord(
             stage=task.stage, partition=task.partition, code=self.code(task),
             params=params_hash(task.parameters), reads=list(result.extra.get("reads", [])),
             written=dict(result.written), run_id=task.run_id, notebook=result.notebook,
+            deps=deps.get("code"), contracts=deps.get("contracts"), sources=deps.get("sources"),
         ))
 
 

@@ -93,7 +93,8 @@ class QuantSDK:
         from qsdk.cache import Cache, flow_status
 
         flow = self.registry.flow(name)
-        return flow_status(flow, flow.resolve(params), cache=Cache(self.lakehouse))
+        cache = Cache(self.lakehouse, project_root=self.config.project_root)
+        return flow_status(flow, flow.resolve(params), cache=cache)
 
     def tables(self) -> list[TableInfo]:
         lake = self.lakehouse

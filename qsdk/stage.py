@@ -49,6 +49,22 @@ class PartitionSpec:
 
 
 @dataclass(frozen=True)
+class SourceSpec:
+    """Data a stage reads that is not a lakehouse table, for its cache key.
+
+    ``package``: an installed distribution whose version is the data's identity (packaged
+    market data); ``files``: a glob under the project root whose files' contents are.
+    """
+
+    kind: Literal["package", "files"]
+    name: str
+
+    @property
+    def label(self) -> str:
+        return self.name if self.kind == "package" else f"files {self.name}"
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     notebook: Path
@@ -63,6 +79,8 @@ class Stage:
     resources: dict[str, float] = field(default_factory=dict, compare=False)
     # modules a pre-warmed kernel imports before it is handed to this stage (see qsdk.kernels)
     preload: tuple[str, ...] = field(default=(), compare=False)
+    # data outside the lakehouse the stage's results depend on (registry `sources:`)
+    sources: tuple[SourceSpec, ...] = field(default=(), compare=False)
 
     def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
         """Validated parameters for one run: registry defaults, then ``values`` on top."""

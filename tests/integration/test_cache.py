@@ -169,7 +169,7 @@ def test_status_reports_cached_stale_and_never(sdk, project):
     edit(project.root / "notebooks" / "src.ipynb", 1, SRC + "\n# touched")
     rows = {(s.stage, s.partition): s for s in sdk.status("f", params={"end": "2020-03-31"})}
     assert rows[("src", "2020-01-01_2020-01-31")].state == "stale"
-    assert "code changed" in rows[("src", "2020-01-01_2020-01-31")].reasons
+    assert "notebook notebooks/src.ipynb changed" in rows[("src", "2020-01-01_2020-01-31")].reasons
     assert rows[("src", "2020-03-01_2020-03-31")].state == "never"
     assert rows[("dbl", "2020-01-01_2020-01-31")].reasons == ("upstream src will run",)
 
