@@ -90,6 +90,8 @@ class CacheRecord:
     deps: dict[str, Any] | None = None
     contracts: dict[str, str] | None = None
     sources: dict[str, str] | None = None
+    # what the task wrote: [{table, mode, predicate}] (checks that its rows are still there)
+    writes: list[dict[str, Any]] | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True, default=str)
@@ -114,6 +116,7 @@ class Cache:
         self._versions: dict[str, int | None] | None = None
         self._dists: dict[str, str | None] = {}  # installed versions, looked up once per Cache
         self._sources: dict[tuple[Any, ...], dict[str, str]] = {}
+        self._commits: dict[tuple[str, int], dict[str, Any] | None] = {}  # commit infos read
 
     @contextmanager
     def versions_pinned(self) -> Iterator[None]:
@@ -218,7 +221,46 @@ class Cache:
             current = self._version(table)
             if current is None or current < version:
                 out.append(f"output {table} is missing or was rolled back")
+            elif current > version and not self._still_holds(record, table, version, current):
+                out.append(f"output {table} no longer holds the rows this task wrote (a later restore, "
+                           "rollback or foreign commit changed them)")
         return out
+
+    def _still_holds(self, record: CacheRecord, table: str, version: int, current: int) -> bool:
+        """Whether the commits after ``version`` left this task's rows of ``table`` alone.
+
+        Plain commits of other qsdk tasks write their own slices or keys (the contract and
+        Delta's conflict checks see to it); a restore, a rollback, a commit qsdk did not make, or
+        another write to this task's own slice may have changed its rows. Then a partition
+        overwrite's slice is compared by content with the version this task wrote; other modes
+        count as changed.
+        """
+        writes = [w for w in record.writes or [] if w.get("table") == table]
+        suspicious = [v for v in range(version + 1, current + 1)
+                      if self._touches(record, table, v, modes={w.get("mode") for w in writes})]
+        if not suspicious:
+            return True
+        slices = [w["predicate"] for w in writes if w.get("mode") == "overwrite" and w.get("predicate")]
+        if not writes or len(slices) != len(writes):
+            return False
+        try:
+            return all(fingerprint(self.lakehouse.read_where(table, p, version=version))
+                       == fingerprint(self.lakehouse.read_where(table, p)) for p in slices)
+        except QsdkError:
+            return False
+
+    def _touches(self, record: CacheRecord, table: str, version: int, *, modes: set[Any]) -> bool:
+        key = (table, version)
+        if key not in self._commits:
+            self._commits[key] = self.lakehouse.commit_info(table, version)
+        info = self._commits[key]
+        if info is None or "qsdk.stage" not in info or info.get("operation") == "RESTORE":
+            return True  # log entry gone, a foreign commit, or a restore
+        ours = info.get("qsdk.stage") == record.stage and (info.get("qsdk.partition") or None) == record.partition
+        if info.get("qsdk.rollback") == "true":
+            # another task's compensation touches only its own keys, which an append never shares
+            return ours or modes != {"append"}
+        return ours
 
 
 @dataclass(frozen=True)

@@ -245,8 +245,15 @@ def static_imports(path: Path, module: str) -> list[str]:
     except (SyntaxError, ValueError):
         tree = ast.Module(body=[], type_ignores=[])
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = _imports_in(_module_level(tree.body), package=package)
+    _STATIC[memo] = found
+    return found
+
+
+def _imports_in(nodes: Iterable[ast.AST], *, package: str) -> list[str]:
+    """Absolute module names of the import statements among ``nodes``."""
     found: list[str] = []
-    for node in _module_level(tree.body):
+    for node in nodes:
         if isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -257,7 +264,6 @@ def static_imports(path: Path, module: str) -> list[str]:
                 base = ".".join([*parts, *([node.module] if node.module else [])])
             found.append(base)
             found += [f"{base}.{a.name}" for a in node.names if a.name != "*"]
-    _STATIC[memo] = found
     return found
 
 
@@ -378,3 +384,48 @@ def source_changes(recorded: Mapping[str, str], current: Mapping[str, str]) -> l
         else:
             out.append(f"source {label} {before} -> {now}")
     return out
+
+
+def notebook_closure(cells: Iterable[Mapping[str, Any]], *, notebook: str | Path,
+                     project_root: str | Path) -> list[str]:
+    """The project modules a notebook's code imports, found without running it (for
+    ``dvc.yaml`` deps): every import in its code cells, then through project modules their
+    imports, as paths relative to ``project_root``. In qsdk's own machinery (all of qsdk but
+    ``qsdk.quant``) only module-level imports and lazy imports of ``qsdk.quant`` count: read
+    statically, its other lazy imports pull in nearly every module (the cache records the ones
+    a run executes). ``import qsdk`` counts as the lakehouse loader, which
+    ``qsdk.DataLoader`` and ``qsdk.write_table`` load on first use."""
+    names: set[str] = set()
+    for cell in cells:
+        if cell.get("cell_type") != "code":
+            continue
+        source = "\n".join(line for line in str(cell.get("source", "")).splitlines()
+                           if not line.lstrip().startswith(("%", "!")))
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        names |= set(_imports_in(ast.walk(tree), package=""))
+    if "qsdk" in names:
+        names.add("qsdk.lakehouse.loader")
+    scope = _Scope(Path(project_root), Path(notebook).parent, {})
+    root = scope.root
+    files: set[Path] = set()
+    queue = [p for n in names for p in _parents(n)]
+    seen: set[str] = set()
+    while queue:
+        name = queue.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = scope.project_file(name)
+        if path is None:
+            continue
+        files.add(path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = _imports_in(ast.walk(ast.parse(path.read_bytes())), package=package)
+        if path.is_relative_to(scope.qsdk_dir) and not path.is_relative_to(scope.qsdk_dir / "quant"):
+            # qsdk's machinery: its lazy imports would fan out to all of it; keep the quant library's
+            found = [*static_imports(path, name), *(n for n in found if n.startswith("qsdk.quant"))]
+        queue += [p for n in found for p in _parents(n)]
+    return sorted(str(f.relative_to(root)) for f in files if f.is_relative_to(root))

@@ -113,6 +113,8 @@ def run_task(task: Task, *, km: Any = None) -> TaskResult:
         result.read = staging.recorded_reads(task.staging_dir)
         result.extra["reads"] = staging.read_log(task.staging_dir)
         result.extra["deps"] = _dependencies(task)
+        result.extra["writes"] = [{"table": w.table, "mode": w.mode, "predicate": w.predicate}
+                                  for w in staging.staged_writes(task.staging_dir)]
         result.written = _commit(task)
         result.status = "succeeded"
     except StageFailed as exc:

@@ -264,6 +264,7 @@ class _Memo:
             params=params_hash(task.parameters), reads=list(result.extra.get("reads", [])),
             written=dict(result.written), run_id=task.run_id, notebook=result.notebook,
             deps=deps.get("code"), contracts=deps.get("contracts"), sources=deps.get("sources"),
+            writes=list(result.extra.get("writes", [])),
         ))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qsdk.errors import QsdkError
+from qsdk.errors import LakehouseError, QsdkError
 from qsdk.lakehouse.tables import Lakehouse
 
 MANIFEST = "writes.jsonl"
@@ -81,31 +81,77 @@ def commit_staged(staging_dir: str | Path, lakehouse: Lakehouse, *, app_prefix: 
                   metadata: dict[str, Any]) -> dict[str, int]:
     """Commit every staged write in order; return ``{table: version written}``.
 
-    If a later commit fails, tables this call already moved are restored to the version they
-    had before (a new Delta version; the failed attempt stays in the history), then the
-    error is raised.
+    If a later commit fails, each commit this call already made is undone by a *compensating*
+    commit confined to its own slice: the rows its predicate covers (a partition overwrite) or
+    its primary keys (append, merge) are put back as they were in the version it replaced, and
+    nothing else is touched, so rows other tasks committed meanwhile (parallel partitions of the
+    same table) stay. A table the failed call created is left empty of its rows. Compensations
+    carry ``qsdk.rollback`` and ``qsdk.compensates`` (the version undone) in their commit
+    metadata. Then the error is raised.
     """
-    before: dict[str, int | None] = {}
+    done: list[tuple[StagedWrite, int]] = []
     written: dict[str, int] = {}
     folder = Path(staging_dir)
     try:
         for entry in staged_writes(folder):
-            before.setdefault(entry.table, lakehouse.version(entry.table))
-            data = pq.read_table(folder / entry.file)
-            written[entry.table] = lakehouse.write(
-                entry.table, data, mode=entry.mode, predicate=entry.predicate,  # type: ignore[arg-type]
-                metadata={**metadata, "qsdk.write_index": entry.index},
-                app_id=f"{app_prefix}:{entry.index}",
+            app_id = f"{app_prefix}:{entry.index}"
+            version = lakehouse.write(
+                entry.table, pq.read_table(folder / entry.file), mode=entry.mode,  # type: ignore[arg-type]
+                predicate=entry.predicate, metadata={**metadata, "qsdk.write_index": entry.index},
+                app_id=app_id,
             )
-    except QsdkError:
-        _roll_back(lakehouse, before, written, metadata)
+            written[entry.table] = version
+            done.append((entry, version))
+    except QsdkError as exc:
+        _compensate(lakehouse, folder, done, metadata=metadata, cause=exc)
         raise
     return written
 
 
-def _roll_back(lakehouse: Lakehouse, before: dict[str, int | None], written: dict[str, int],
-               metadata: dict[str, Any]) -> None:
-    for table in written:
-        previous = before.get(table)
-        if previous is not None:
-            lakehouse.restore(table, previous, metadata={**metadata, "qsdk.rollback": True})
+def _compensate(lakehouse: Lakehouse, folder: Path, done: list[tuple[StagedWrite, int]], *,
+                metadata: dict[str, Any], cause: QsdkError) -> None:
+    failures = []
+    for entry, version in reversed(done):
+        meta = {**metadata, "qsdk.rollback": True, "qsdk.compensates": version,
+                "qsdk.reason": str(cause).splitlines()[0][:500]}
+        try:
+            undo_write(lakehouse, entry, version, data=lambda e=entry: pq.read_table(folder / e.file),
+                       metadata=meta)
+        except QsdkError as exc:
+            failures.append(f"{entry.table} version {version}: {exc}")
+    if failures:
+        raise LakehouseError(
+            f"{cause}; undoing the commits this task had already made failed too: "
+            f"{'; '.join(failures)}. Those versions stay: restore the slice by re-running the stage, "
+            "or use `qsdk lineage TABLE` to find them",
+        ) from cause
+
+
+def undo_write(lakehouse: Lakehouse, entry: StagedWrite, version: int, *, data: Any,
+               metadata: dict[str, Any]) -> int:
+    """Undo the commit ``version`` that wrote ``entry``, confined to what it wrote.
+
+    ``data``: a callable giving the rows that were written (read only for appends and merges).
+    """
+    before = _version_before(lakehouse, entry.table, version)
+    spec = lakehouse.spec(entry.table)
+    if entry.mode == "overwrite" and entry.predicate:
+        old = spec.arrow_schema().empty_table() if before is None else \
+            lakehouse.read_where(entry.table, entry.predicate, version=before)
+        return lakehouse.write(entry.table, old, mode="overwrite", predicate=entry.predicate, metadata=metadata)
+    if entry.mode == "overwrite":
+        latest = lakehouse.version(entry.table)
+        if latest != version:
+            raise LakehouseError(
+                f"cannot undo the whole-table overwrite of {entry.table!r} (version {version}): "
+                f"{latest - version} later commit(s) build on it (latest version {latest})",  # type: ignore[operator]
+                table=entry.table,
+            )
+        old = spec.arrow_schema().empty_table() if before is None else lakehouse.read(entry.table, version=before)
+        return lakehouse.write(entry.table, old, mode="overwrite", metadata=metadata)
+    return lakehouse.undo_keys(entry.table, data(), before=before, metadata=metadata)
+
+
+def _version_before(lakehouse: Lakehouse, table: str, version: int) -> int | None:
+    """The version a commit replaced; ``None`` when that commit created the table."""
+    return version - 1 if version > 0 else None

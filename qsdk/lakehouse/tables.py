@@ -27,6 +27,7 @@ WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "merge")
 Filters = Sequence[tuple[str, str, Any]] | None
 _CONFLICT_RETRIES = 8
 LOCK_DIR = "_qsdk_locks"  # under the root: one lock file per table, taken only to create it
+_KEEP = "qsdk_undo_keep"  # undo_keys: marks keys whose earlier row is put back (else deleted)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,34 @@ class Lakehouse:
         except Exception as exc:
             raise LakehouseError(f"failed reading {name!r}: {exc}", table=name) from exc
 
+    def read_where(self, name: str, predicate: str, *, version: int | None = None) -> pa.Table:
+        """The rows matching a Delta SQL ``predicate`` (as a partition overwrite takes it), at
+        ``version``, evaluated by Delta's own engine (DataFusion), so the slice is exactly the
+        one an overwrite with that predicate replaces."""
+        from deltalake import QueryBuilder
+
+        dt = self._table(name, version)
+        try:
+            reader = QueryBuilder().register("t", dt).execute(f"SELECT * FROM t WHERE {predicate}")
+            return pa.table(pa.RecordBatchReader.from_stream(reader))
+        except Exception as exc:
+            raise LakehouseError(f"failed reading {name!r} where {predicate}: {exc}", table=name) from exc
+
+    def commit_info(self, name: str, version: int) -> dict[str, Any] | None:
+        """The ``commitInfo`` of one version, read from its log file (``None`` when the file is
+        gone, e.g. after log clean-up). Cheaper than :meth:`history` for a few versions."""
+        import json
+
+        path = self.path(name) / "_delta_log" / f"{version:020d}.json"
+        try:
+            with open(path) as fh:
+                for line in fh:
+                    if '"commitInfo"' in line:
+                        return json.loads(line)["commitInfo"]
+        except (OSError, ValueError):
+            return None
+        return {}
+
     # ------------------------------------------------------------ writes
     def write(
         self,
@@ -168,9 +197,10 @@ class Lakehouse:
             if app_id is not None:
                 done = self._table(name).transaction_version(app_id)
                 if done is not None and done >= app_version:
-                    return self.version(name)  # already committed by an earlier attempt
+                    return self._version_of_app(name, app_id)  # already committed by an earlier attempt
         write_id = uuid.uuid4().hex
-        meta = {**(metadata or {}), "qsdk.write_id": write_id, "qsdk.mode": mode}
+        meta = {**(metadata or {}), "qsdk.write_id": write_id, "qsdk.mode": mode,
+                **({"qsdk.app_id": app_id} if app_id else {})}
         committed: int | None = None
         for attempt in range(_CONFLICT_RETRIES):
             try:
@@ -285,6 +315,14 @@ class Lakehouse:
                 table=name,
             )
 
+    def _version_of_app(self, name: str, app_id: str) -> int:
+        """The version an earlier attempt committed under ``app_id`` (its commit metadata)."""
+        latest = int(self.version(name))  # type: ignore[arg-type]
+        for version in range(latest, max(latest - 500, -1), -1):
+            if (self.commit_info(name, version) or {}).get("qsdk.app_id") == app_id:
+                return version
+        return latest
+
     def _version_of_write(self, name: str, write_id: str) -> int:
         for entry in self.history(name, limit=50):
             if entry.get("qsdk.write_id") == write_id or (
@@ -292,6 +330,56 @@ class Lakehouse:
             ):
                 return int(entry["version"])
         return int(self.version(name))
+
+    def undo_keys(self, name: str, keys: pa.Table, *, before: int | None,
+                  metadata: Mapping[str, Any] | None = None) -> int:
+        """Put the rows with these primary ``keys`` back as they were at version ``before``
+        (``None``: the table did not exist, so the rows are deleted), in one merge commit that
+        touches no other key: the compensation of a failed task's append or merge."""
+        from deltalake import CommitProperties
+
+        spec = self.spec(name)
+        pk = list(spec.primary_key)
+        if not pk:
+            raise LakehouseError(
+                f"cannot undo a write to {name!r}: the table has no primary_key to find the rows by; "
+                "declare one under tables: in pipelines/", table=name)
+        keys = keys.select(pk).group_by(pk).aggregate([])
+        old = self._rows_with_keys(name, keys, version=before)
+        old = old.append_column(_KEEP, pa.repeat(pa.scalar(True), old.num_rows))
+        source = keys.join(old, keys=pk, join_type="left outer")
+        on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in pk)
+        updates = {_q(c): f"s.{_q(c)}" for c in spec.columns if c not in pk}
+        props = CommitProperties(custom_metadata=_stringify(metadata or {}))
+
+        def commit() -> int:
+            dt = self._table(name)
+            merger = dt.merge(source, predicate=on, source_alias="s", target_alias="t", commit_properties=props)
+            if updates:
+                merger = merger.when_matched_update(updates, predicate=f"s.{_q(_KEEP)} = true")
+            merger.when_matched_delete(predicate=f"s.{_q(_KEEP)} IS NULL").execute()
+            return dt.version()
+
+        return self._with_conflict_retries(name, commit, what="undo")
+
+    def _rows_with_keys(self, name: str, keys: pa.Table, *, version: int | None) -> pa.Table:
+        spec = self.spec(name)
+        if version is None or keys.num_rows == 0:
+            return spec.arrow_schema().empty_table()
+        first = spec.primary_key[0]
+        rows = self.read(name, version=version, filters=[(first, "in", keys.column(first).to_pylist())])
+        return conform(rows.join(keys, keys=list(spec.primary_key), join_type="inner"), spec)
+
+    def _with_conflict_retries(self, name: str, commit: Any, *, what: str) -> int:
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                return commit()
+            except Exception as exc:
+                if _is_conflict(exc) and attempt + 1 < _CONFLICT_RETRIES:
+                    time.sleep(0.05 * 2**attempt)
+                    continue
+                raise LakehouseError(f"failed to {what} on {name!r}: {exc}", table=name) from exc
+        raise AssertionError("unreachable")
 
     def restore(self, name: str, version: int, *, metadata: Mapping[str, Any] | None = None) -> int:
         from deltalake import CommitProperties

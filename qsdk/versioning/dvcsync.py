@@ -131,7 +131,7 @@ def plan(registry: Registry) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {"cmd": cmd}
         if stage.description:
             entry["desc"] = stage.description
-        entry["deps"] = [_relative(stage.notebook, registry.root),
+        entry["deps"] = [_relative(stage.notebook, registry.root), *_code_deps(stage, registry.root),
                          *(marker_path(u) for u in sorted(upstream[name]))]
         if pairs:
             entry["params"] = [key for _, key in pairs]
@@ -139,6 +139,15 @@ def plan(registry: Registry) -> dict[str, dict[str, Any]]:
         entry["meta"] = {"qsdk": {"flow": flow, "reads": list(stage.inputs), "writes": list(stage.outputs)}}
         stages[name] = entry
     return stages
+
+
+def _code_deps(stage: Stage, root: Path) -> list[str]:
+    """The project modules the stage's notebook imports (:func:`qsdk.codedeps.notebook_closure`),
+    so that ``dvc status`` sees a code change that ``qsdk status`` sees."""
+    from qsdk.codedeps import notebook_closure
+    from qsdk.nbfile import read_cells
+
+    return notebook_closure(read_cells(stage.notebook), notebook=stage.notebook, project_root=root)
 
 
 def render(registry: Registry) -> str:

@@ -44,3 +44,27 @@ def test_backfill_is_idempotent_and_readable_with_deltalake(repo_project, tmp_pa
     assert again.sort_by([("symbol", "ascending"), ("date", "ascending")]).equals(
         prices.sort_by([("symbol", "ascending"), ("date", "ascending")]))
     assert all(repo_project.lakehouse.version(t) > v for t, v in versions.items())  # it did write again
+
+
+def test_each_stage_records_the_quant_modules_it_imports_and_dvc_yaml_lists_them(repo_project, tmp_path):
+    """The real flow's cache records name the qsdk.quant modules each notebook imports (and only
+    those), and the committed dvc.yaml lists every non-machinery module a run recorded."""
+    import json
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    params = {"start": "2005-01-01", "end": "2005-03-31"}
+    assert repo_project.run_pipeline("backfill", params=params, track=False).status == "succeeded"
+    cache = tmp_path / "lakehouse" / "_qsdk_cache"
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    quant: dict[str, set[str]] = {}
+    for record in cache.glob("*/*.json"):
+        data = json.loads(record.read_text())
+        files = set(data["deps"]["files"])
+        quant.setdefault(data["stage"], set()).update(f for f in files if f.startswith("qsdk/quant/"))
+        outside_machinery = {f for f in files if f.startswith(("qsdk/quant/", "notebooks/")) or not f.startswith("qsdk/")}
+        assert outside_machinery <= set(dvc[data["stage"]]["deps"]), data["stage"]
+    assert "qsdk/quant/metrics.py" in quant["evaluate"] and "qsdk/quant/metrics.py" not in quant["clean_prices"]
+    assert "qsdk/quant/sources.py" in quant["ingest_prices"] and "qsdk/quant/sources.py" not in quant["labels"]

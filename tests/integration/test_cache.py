@@ -207,3 +207,22 @@ def test_tracked_partial_rerun_records_cached_tasks_with_their_origin(sdk, proje
                                     filter_string=f"tags.`mlflow.parentRunId` = '{by_stage['src'].info.run_id}'")
     assert {r.data.tags["qsdk.cached_from"] for r in partitions} == {first.run_id}
     assert "qsdk.cached_from" not in by_stage["total"].data.tags
+
+
+def test_a_record_whose_rows_were_restored_away_is_not_cached(sdk, project):
+    from qsdk.lakehouse.tables import Lakehouse
+
+    first, _ = run(sdk)
+    assert first.status == "succeeded"
+    lake = Lakehouse(project.root / "lakehouse", sdk.registry.tables)
+    jan, feb = "2020-01-01_2020-01-31", "2020-02-01_2020-02-29"
+    written = {r.partition: r.written["bronze.src"] for r in first.results if r.stage == "src"}
+    assert written[feb] > written[jan]  # February committed after January
+    lake.restore("bronze.src", written[jan])  # rewinds February's commit, not January's
+    rows = {(s.stage, s.partition): s for s in sdk.status("f")}
+    assert rows[("src", jan)].state == "cached"
+    assert rows[("src", feb)].state == "stale"
+    assert "output bronze.src no longer holds the rows this task wrote" in rows[("src", feb)].reasons[0]
+    second, ex = run(sdk)
+    assert ex.submitted == [f"src[{feb}]"]  # its output is identical again, so nothing downstream runs
+    assert lake.read("bronze.src").num_rows == 60
