@@ -30,6 +30,8 @@ class Lineage:
     mlflow_run_id: str | None = None
     mlflow_tracking_uri: str | None = None
     rollback: bool = False
+    compensates: int | None = None  # a rollback: the version whose rows it put back
+    reason: str | None = None  # a rollback: the failure that caused it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,6 +44,9 @@ class Lineage:
         what = "rolled back by" if self.rollback else "written by"
         part = f", partition {self.partition}" if self.partition else ""
         lines.append(f"  {what} run {self.run_id}, stage {self.stage}{part}")
+        if self.rollback and self.compensates is not None:
+            lines.append(f"  undoes version {self.compensates} (only that task's rows)"
+                         + (f" after: {self.reason}" if self.reason else ""))
         if self.mlflow_run_id:
             lines.append(f"  MLflow run {self.mlflow_run_id}"
                          + (f" ({self.mlflow_tracking_uri})" if self.mlflow_tracking_uri else ""))
@@ -82,6 +87,8 @@ def table_lineage(lakehouse: Lakehouse, table: str, *, version: int | None = Non
         mlflow_run_id=meta.get("qsdk.mlflow_run_id"),
         mlflow_tracking_uri=meta.get("qsdk.mlflow_tracking_uri"),
         rollback=_json(meta.get("qsdk.rollback")) is True,
+        compensates=_json(meta.get("qsdk.compensates")),
+        reason=meta.get("qsdk.reason"),
     )
 
 
