@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -282,24 +283,98 @@ def _short(path: str | Path, root: Path) -> str:
 def flow_status(flow: Any, params: dict[str, dict[str, Any]], *, cache: Cache) -> list[TaskStatus]:
     """Cached / stale (with reasons) / never run, per stage and partition, without running anything.
 
-    A task downstream of a stage that will run is stale too ("upstream X will run"), since its
-    inputs will change when that stage commits (or stay the same: the run then decides).
+    A cached task downstream of tasks that will run is stale too when one of them rewrites rows
+    it read: a partition overwrite's date slice is compared with the task's recorded read
+    filters on the same column (so extending a backfill makes only the partitions that read the
+    new dates stale); any other write counts as touching every read. Whether the rewritten rows
+    really differ is known only once the upstream task ran: the run then decides by content, so
+    an upstream re-run that reproduces its output leaves such a task cached.
     """
     out: list[TaskStatus] = []
-    will_run: set[str] = set()
-    deps = flow.dependencies()
+    will_write: dict[str, list[_Slice]] = {}  # table -> slices that tasks which will run rewrite
     for name in flow.order():
         stage = flow.stage(name)
         code = code_hash(stage.notebook)
-        upstream = sorted(deps[name] & will_run)
         with cache.versions_pinned():
-            verdicts = [(key, cache.check(stage=name, partition=key, notebook=str(stage.notebook), params=values,
-                                          code=code, sources=stage.sources))
+            verdicts = [(key, values, cache.check(stage=name, partition=key, notebook=str(stage.notebook),
+                                                  params=values, code=code, sources=stage.sources))
                         for key, values in stage.partitions(params[name])]
-        for key, verdict in verdicts:
-            reasons = list(verdict.reasons) + [f"upstream {u} will run" for u in upstream]
-            state: State = verdict.state if not upstream or verdict.state == "never" else "stale"
+        siblings = [v.record for _, _, v in verdicts if v.record is not None]
+        for key, values, verdict in verdicts:
+            reasons = list(verdict.reasons)
+            state = verdict.state
+            if state == "cached" and verdict.record is not None:
+                hit = _upstream_rewrites(verdict.record, will_write)
+                if hit:
+                    state, reasons = "stale", [f"upstream {u} will run and rewrites rows it read" for u in hit]
             out.append(TaskStatus(name, key, state, tuple(reasons)))
             if state != "cached":
-                will_run.add(name)
+                for table in stage.outputs:
+                    will_write.setdefault(table, []).append(
+                        _Slice(name, _written_slice(stage, table, values, verdict.record, siblings)))
     return out
+
+
+@dataclass(frozen=True)
+class _Slice:
+    stage: str
+    between: tuple[str, str, str] | None  # (column, first, last): a partition overwrite; None: anything
+
+
+_BETWEEN = re.compile(r"(\w+) >= '([^']*)' AND \1 <= '([^']*)'")
+
+
+def _between(predicate: str | None) -> tuple[str, str, str] | None:
+    match = _BETWEEN.fullmatch(predicate or "")
+    return (match[1], match[2], match[3]) if match else None
+
+
+def _written_slice(stage: Any, table: str, values: dict[str, Any], record: CacheRecord | None,
+                   siblings: list[CacheRecord]) -> tuple[str, str, str] | None:
+    """The date slice a task that will run rewrites in ``table``: the predicate its last run
+    used, or for a partition never run, its own range on the column its stage's other
+    partitions overwrite by (when each of those overwrote exactly its own range)."""
+    if record is not None:
+        found = [_between(w.get("predicate")) for w in record.writes or [] if w.get("table") == table]
+        return found[0] if len(found) == 1 and found[0] is not None and record.params == params_hash(values) \
+            else None
+    part = getattr(stage, "partition", None)
+    columns = set()
+    for sibling in siblings:
+        bounds = (sibling.partition or "").split("_")
+        for write in sibling.writes or []:
+            between = _between(write.get("predicate")) if write.get("table") == table else None
+            if between is None or list(between[1:]) != bounds:
+                return None
+            columns.add(between[0])
+    if part is None or len(columns) != 1:
+        return None
+    return (columns.pop(), str(values[part.start]), str(values[part.end]))
+
+
+def _upstream_rewrites(record: CacheRecord, will_write: dict[str, list[_Slice]]) -> list[str]:
+    """The stages that will run and rewrite rows ``record``'s task read."""
+    hit: list[str] = []
+    for read in record.reads:
+        for slice_ in will_write.get(read["table"], ()):
+            if slice_.stage not in hit and _overlaps(read.get("filters") or [], slice_.between):
+                hit.append(slice_.stage)
+    return hit
+
+
+def _overlaps(filters: list[Any], between: tuple[str, str, str] | None) -> bool:
+    if between is None:
+        return True
+    column, first, last = between
+    lo, hi = None, None
+    for col, op, value in filters:
+        if col != column or not isinstance(value, str):
+            continue
+        day = value[:10]  # ISO dates and timestamps compare by their date, conservatively
+        if op in (">=", ">"):
+            lo = max(lo or day, day)
+        elif op in ("<=", "<"):
+            hi = min(hi or day, day)
+        elif op in ("=", "=="):
+            lo, hi = max(lo or day, day), min(hi or day, day)
+    return (lo is None or lo <= last[:10]) and (hi is None or first[:10] <= hi)

@@ -171,7 +171,41 @@ def test_status_reports_cached_stale_and_never(sdk, project):
     assert rows[("src", "2020-01-01_2020-01-31")].state == "stale"
     assert "notebook notebooks/src.ipynb changed" in rows[("src", "2020-01-01_2020-01-31")].reasons
     assert rows[("src", "2020-03-01_2020-03-31")].state == "never"
-    assert rows[("dbl", "2020-01-01_2020-01-31")].reasons == ("upstream src will run",)
+    assert rows[("dbl", "2020-01-01_2020-01-31")].reasons == ("upstream src will run and rewrites rows it read",)
+
+
+def test_status_predicts_exactly_what_the_next_run_executes(sdk, project):
+    """For changes that change what a task computes, the tasks `status` calls stale or never run
+    are exactly the tasks the next run executes."""
+
+    def predicted(**kw):
+        return {f"{s.stage}[{s.partition}]" if s.partition else s.stage
+                for s in sdk.status("f", params=kw.get("params")) if s.state != "cached"}
+
+    def executed(**kw):
+        result, ex = run(sdk, **kw)
+        assert result.status == "succeeded", [str(r.error) for r in result.failures]
+        return set(ex.submitted)
+
+    jan, feb, mar = "2020-01-01_2020-01-31", "2020-02-01_2020-02-29", "2020-03-01_2020-03-31"
+    run(sdk)
+    # 1. the range grows by a month: the new partitions, and the summary that reads every date
+    wider = {"end": "2020-03-31"}
+    assert predicted(params=wider) == executed(params=wider) == {f"src[{mar}]", f"dbl[{mar}]", "total"}
+    # 2. a leaf stage's code
+    edit(project.root / "notebooks" / "total.ipynb", 1, TOTAL.replace('df["v"].sum()', 'df["v"].sum() + 1'))
+    assert predicted(params=wider) == executed(params=wider) == {"total"}
+    # 3. a middle stage's code that changes its output: it and what reads it
+    edit(project.root / "notebooks" / "dbl.ipynb", 1, DOUBLE.replace("* 2", "* 3"))
+    every = {f"dbl[{p}]" for p in (jan, feb, mar)} | {"total"}
+    assert predicted(params=wider) == executed(params=wider) == every
+    # 4. one stage's parameter (-p src.scale=2): every task of the chain
+    scaled = {**wider, "src.scale": 2.0}
+    assert predicted(params=scaled) == executed(params=scaled) == every | {f"src[{p}]" for p in (jan, feb, mar)}
+    # 5. the contract of a table a stage writes and another reads
+    project.doc["tables"]["silver.dbl"]["description"] = "doubled values"
+    sdk = project.sdk()
+    assert predicted(params=scaled) == executed(params=scaled) == every
 
 
 def test_cli_force_and_status_json(sdk, project):
