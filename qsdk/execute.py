@@ -104,13 +104,15 @@ def run_task(task: Task, *, km: Any = None) -> TaskResult:
                         parameters=dict(task.parameters))
     try:
         lake_before = _lake_files(task)
+        failure: StageFailed | None = None
         try:
             _papermill(task, context_path, km)
-        except StageFailed as exc:  # a direct read the cell raised on is the reason it failed
-            _check_direct_reads(task, then=exc)
-            raise
-        _check_direct_reads(task)  # even if the notebook caught the guard's error
-        _check_direct_writes(task, lake_before)
+        except StageFailed as exc:  # what it did around qsdk before failing is said first
+            failure = exc
+        _check_direct_writes(task, lake_before, then=failure)
+        _check_direct_reads(task, then=failure)  # even if the notebook caught the guard's error
+        if failure is not None:
+            raise failure
         _check_outputs_written(task)
         result.read = staging.recorded_reads(task.staging_dir)
         result.extra["reads"] = staging.read_log(task.staging_dir)
@@ -216,10 +218,11 @@ def _check_direct_reads(task: Task, *, then: StageFailed | None = None) -> None:
     if table and table not in task.context.allowed_reads:
         fix += f" after adding {table!r} to the stage's inputs: in pipelines/"
     more = f" (and {len(paths) - 1} more path(s))" if len(paths) > 1 else ""
+    also = _also(then) if then is not None and then.fields.get("ename") != "DirectReadError" else ""
     raise _failed(
         task,
         f"the notebook read {first['path']} directly ({first['how']}){more}, around its contract "
-        f"and unrecorded for lineage and the cache: {fix}; nothing was committed",
+        f"and unrecorded for lineage and the cache: {fix}; the stage's own writes were not committed{also}",
         reason="direct_read", ename="DirectLakehouseRead", evalue="\n".join(paths),
         tables=sorted({r["table"] for r in reads if r.get("table")}),
         cell_index=then.fields.get("cell_index") if then else None,
@@ -258,7 +261,14 @@ def _lake_files(task: Task) -> dict[str, tuple[int, int]]:
     return files
 
 
-def _check_direct_writes(task: Task, before: dict[str, tuple[int, int]]) -> None:
+def _also(then: StageFailed) -> str:
+    """The notebook's own failure, after what it did around qsdk."""
+    f = then.fields
+    return f" (the notebook then failed too, reason {f.get('reason')}: {f.get('ename')}: {_first_line(f.get('evalue'))})"
+
+
+def _check_direct_writes(task: Task, before: dict[str, tuple[int, int]], *,
+                         then: StageFailed | None = None) -> None:
     """Fail the stage if its notebook wrote into the lakehouse folder itself, bypassing
     ``qsdk.write_table`` (e.g. pandas ``to_parquet`` into a table's folder, or ``deltalake``).
 
@@ -300,7 +310,7 @@ def _check_direct_writes(task: Task, before: dict[str, tuple[int, int]]) -> None
             task,
             f"the notebook changed the lakehouse folder {root} directly instead of through "
             f"qsdk.write_table: {_what_it_did(root, stray, links, commits, before)}; the stage's own "
-            "writes were not committed; write tables only with qsdk.write_table",
+            "writes were not committed; write tables only with qsdk.write_table" + (_also(then) if then else ""),
             reason="direct_write", ename="DirectLakehouseWrite", evalue="\n".join([*stray, *links]),
             commits={folder.replace(os.sep, "."): versions for folder, versions in commits.items()},
         )

@@ -119,3 +119,20 @@ def test_links_in_the_lakehouse_fail_the_stage_and_qsdk_tables_reports_them_brok
     assert "silver.prices                version 0      rows 10" in out.out
     assert "silver.escape                BROKEN: " in out.out and "3 broken table folder(s)" in out.err
     assert os.path.islink(sdk.lakehouse.root / "silver" / "escape")  # reported, never removed by qsdk
+
+
+def test_a_direct_delta_commit_before_a_failing_cell_is_still_reported(project):
+    attack = ('import deltalake\ndeltalake.write_deltalake(f"{lake}/silver/prices", '
+              'pd.DataFrame({"k": [1], "v": [9.0]}), mode="append")\nraise ValueError("boom")')
+    sdk = (project.table("silver.prices", COLS).table("silver.out", COLS)
+           .stage("reader", 'attack: str = ""', NOTEBOOK, inputs=["silver.prices"], outputs=["silver.out"])
+           .flow("f", ["reader"]).sdk())
+    sdk.lakehouse.write("silver.prices", pd.DataFrame({"k": range(10), "v": 1.0}), mode="append")
+    result = sdk.run_pipeline("f", params={"attack": attack}, executor="local", track=False, cache=False,
+                              raise_on_failure=False)
+    err = result.failures[0].error
+    assert err.reason == "direct_write" and err.commits == {"silver.prices": [1]}  # not hidden behind the error
+    assert "committed version 1 of silver.prices itself" in str(err)
+    assert "undo with `qsdk restore silver.prices --version 0`" in str(err)
+    assert "(the notebook then failed too, reason error: ValueError: boom)" in str(err)
+    assert state(sdk.lakehouse, "silver.prices") == TableState(1, 11)
