@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     tables = sub.add_parser("tables", help="list lakehouse tables with version and row count")
     tables.add_argument("--json", action="store_true")
+    restore = sub.add_parser("restore", help="make a table hold what it held at an earlier version "
+                             "(a new Delta version; e.g. to undo a commit a notebook made around qsdk)")
+    restore.add_argument("table")
+    restore.add_argument("--version", type=int, required=True, help="the version to go back to")
+    restore.add_argument("--reason", help="why (recorded in the commit metadata)")
     features = sub.add_parser("features", help="list feature views: table, times, ttl, features")
     features.add_argument("--json", action="store_true")
     lineage = sub.add_parser("lineage", help="which run and stage wrote a table version, from which inputs")
@@ -125,7 +130,7 @@ def _sdk(args: argparse.Namespace):
 def _dispatch(args: argparse.Namespace) -> int:
     handler = {"run": _run, "list": _list, "show": _show, "tables": _tables, "lineage": _lineage,
                "reproduce": _reproduce, "status": _status, "dvc": _dvc, "snapshot": _snapshot,
-               "features": _features}[args.command]
+               "features": _features, "restore": _restore}[args.command]
     return handler(args)
 
 
@@ -194,9 +199,27 @@ def _tables(args: argparse.Namespace) -> int:
         print(json.dumps([i.to_dict() for i in infos]))
         return 0
     for i in infos:
+        if i.broken:
+            print(f"{i.name:<28} BROKEN: {i.broken}")
+            continue
         version = "-" if i.version is None else i.version
         rows = "-" if i.rows is None else i.rows
         print(f"{i.name:<28} version {version!s:<6} rows {rows}")
+    broken = [i.name for i in infos if i.broken]
+    if broken:
+        print(f"qsdk: {len(broken)} broken table folder(s): {', '.join(broken)}", file=sys.stderr)
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    sdk = _sdk(args)
+    before = sdk.lakehouse.version(args.table)
+    new = sdk.restore(args.table, version=args.version, reason=args.reason)
+    if new == before:
+        print(f"{args.table} is already at version {args.version}: nothing to restore")
+    else:
+        print(f"restored {args.table} to version {args.version} (as new version {new}; "
+              f"`qsdk restore {args.table} --version {before}` undoes this)")
     return 0
 
 

@@ -61,6 +61,19 @@ class ContractViolation(QsdkError):
     """A stage read or wrote outside its declared contract; the table was left untouched."""
 
 
+class DirectReadError(ContractViolation):
+    """A stage opened lakehouse files itself instead of reading through ``qsdk.DataLoader``.
+
+    Fields: ``stage``, ``path`` (the file or folder opened), ``table`` (``layer.name`` or
+    ``None``), ``how`` (``open``, ``deltalake.DeltaTable``, ``pyarrow.dataset.dataset``, ...).
+    """
+
+
+class SqlAccessDenied(ContractViolation):
+    """``%%qsdk sql`` refused a statement that reaches outside the tables it registered (file
+    functions, ``COPY``, ``ATTACH``, ``INSTALL``/``LOAD``, settings); ``detail`` is DuckDB's word."""
+
+
 class LakehouseError(QsdkError):
     """A Delta Lake read or write failed (wrapped once, at the I/O boundary)."""
 

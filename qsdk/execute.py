@@ -12,19 +12,18 @@ import math
 import os
 import re
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from qsdk.cache import CACHE_DIR
 from qsdk.errors import QsdkError, StageFailed
-from qsdk.lakehouse import staging
+from qsdk.lakehouse import guard, staging
 from qsdk.lakehouse.contract import TableSpec
-from qsdk.lakehouse.tables import LOCK_DIR, Lakehouse
+from qsdk.lakehouse.tables import Lakehouse
 from qsdk.runtime import ENV_CONTEXT, StageContext
-from qsdk.sandbox import SANDBOX_DIR
 
 Status = Literal["succeeded", "failed", "cached", "skipped"]
 
@@ -107,8 +106,15 @@ def run_task(task: Task, *, km: Any = None) -> TaskResult:
                         parameters=dict(task.parameters))
     try:
         lake_before = _lake_files(task)
-        _papermill(task, context_path, km)
-        _check_direct_writes(task, lake_before)
+        failure: StageFailed | None = None
+        try:
+            _papermill(task, context_path, km)
+        except StageFailed as exc:  # what it did around qsdk before failing is said first
+            failure = exc
+        _check_direct_writes(task, lake_before, then=failure)
+        _check_direct_reads(task, then=failure)  # even if the notebook caught the guard's error
+        if failure is not None:
+            raise failure
         _check_outputs_written(task)
         result.read = staging.recorded_reads(task.staging_dir)
         result.extra["reads"] = staging.read_log(task.staging_dir)
@@ -218,9 +224,31 @@ def _check_outputs_written(task: Task) -> None:
         )
 
 
-# Folders of the lakehouse root that qsdk writes outside stage commits (cache records, sandboxes,
-# table-creation locks).
-_LAKE_PRIVATE = (CACHE_DIR, SANDBOX_DIR, LOCK_DIR)
+def _check_direct_reads(task: Task, *, then: StageFailed | None = None) -> None:
+    """Fail the stage if the in-kernel guard (:mod:`qsdk.lakehouse.guard`) recorded reads of
+    lakehouse files that did not go through ``qsdk.DataLoader``."""
+    reads = guard.recorded(task.staging_dir)
+    if not reads:
+        return
+    paths = list(dict.fromkeys(r["path"] for r in reads))
+    first = reads[0]
+    table = first.get("table")
+    fix = (f"read it with qsdk.DataLoader().read({table!r})" if table
+           else "read tables only with qsdk.DataLoader().read('layer.name')")
+    if table and table not in task.context.allowed_reads:
+        fix += f" after adding {table!r} to the stage's inputs: in pipelines/"
+    more = f" (and {len(paths) - 1} more path(s))" if len(paths) > 1 else ""
+    also = _also(then) if then is not None and then.fields.get("ename") != "DirectReadError" else ""
+    raise _failed(
+        task,
+        f"the notebook read {first['path']} directly ({first['how']}){more}, around its contract "
+        f"and unrecorded for lineage and the cache: {fix}; the stage's own writes were not committed{also}",
+        reason="direct_read", ename="DirectLakehouseRead", evalue="\n".join(paths),
+        tables=sorted({r["table"] for r in reads if r.get("table")}),
+        cell_index=then.fields.get("cell_index") if then else None,
+    )
+
+
 # A data file as delta-rs names it. One that no commit references yet belongs to another task's
 # commit in flight (or one that lost a conflict): invisible to Delta readers, not this notebook's.
 # ``#N`` is object_store's staging suffix: a local write goes to ``name#N``, then is renamed.
@@ -229,27 +257,38 @@ _DELTA_DATA_FILE = re.compile(r"part-\d{5}-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]
 _COMMIT_FILE = re.compile(r"\d{20}\.json")
 
 
+_LINK = -1  # the size recorded for a symbolic link: never a file's
+
+
 def _lake_files(task: Task) -> dict[str, tuple[int, int]]:
-    """``{relative path: (mtime_ns, size)}`` of every file under the lakehouse root, but qsdk's
-    own folders and the runs folder (when it lies inside the lakehouse)."""
+    """``{relative path: (mtime_ns, size)}`` of every file and symbolic link (size ``_LINK``)
+    under the lakehouse root, but qsdk's own folders and the runs folder (when it lies inside
+    the lakehouse). Links are never followed."""
     root = Path(task.context.lakehouse_root)
-    staging = Path(task.context.staging_dir or root)  # <runs>/<run_id>/.staging/<stage>[/<partition>]
-    runs = next((p.parent.parent for p in staging.parents if p.name == ".staging"), None)
-    skip = {str(root / d) for d in _LAKE_PRIVATE} | ({str(runs)} if runs else set())
+    skip = guard.private_folders(root, task.context.staging_dir)
     files: dict[str, tuple[int, int]] = {}
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = [d for d in subfolders if os.path.join(folder, d) not in skip]
-        for name in names:
+        links = [d for d in subfolders if os.path.islink(os.path.join(folder, d))]  # os.walk lists, never enters
+        for name in [*names, *links]:
             path = os.path.join(folder, name)
             try:
-                st = os.stat(path)
+                st = os.lstat(path)
             except FileNotFoundError:  # a concurrent commit's temporary file
                 continue
-            files[os.path.relpath(path, root)] = (st.st_mtime_ns, st.st_size)
+            link = stat.S_ISLNK(st.st_mode)
+            files[os.path.relpath(path, root)] = (st.st_mtime_ns, _LINK if link else st.st_size)
     return files
 
 
-def _check_direct_writes(task: Task, before: dict[str, tuple[int, int]]) -> None:
+def _also(then: StageFailed) -> str:
+    """The notebook's own failure, after what it did around qsdk."""
+    f = then.fields
+    return f" (the notebook then failed too, reason {f.get('reason')}: {f.get('ename')}: {_first_line(f.get('evalue'))})"
+
+
+def _check_direct_writes(task: Task, before: dict[str, tuple[int, int]], *,
+                         then: StageFailed | None = None) -> None:
     """Fail the stage if its notebook wrote into the lakehouse folder itself, bypassing
     ``qsdk.write_table`` (e.g. pandas ``to_parquet`` into a table's folder, or ``deltalake``).
 
@@ -263,15 +302,22 @@ def _check_direct_writes(task: Task, before: dict[str, tuple[int, int]]) -> None
     changed = sorted({p for p, st in after.items() if before.get(p) != st} | (before.keys() - after.keys()))
     added: dict[str, set[str]] = {}  # table folder -> data files its new commits add
     stray: list[str] = []
+    commits: dict[str, list[int]] = {}  # table folder -> versions committed around qsdk
+    links = [rel for rel in changed if rel in after and after[rel][1] == _LINK]
     for rel in changed:
         parts = Path(rel).parts
         table = Path(*parts[:2]) if len(parts) > 2 else None
         in_table = table is not None and (root / table / "_delta_log").is_dir()
+        if rel in links:
+            continue
         if in_table and parts[2] == "_delta_log":
             if rel not in after or not _COMMIT_FILE.fullmatch(parts[-1]) or len(parts) != 4:
                 continue  # checkpoints, _last_checkpoint, temporary files, expired-log clean-up
-            if rel in before or not _qsdk_commit(root / rel, added.setdefault(str(table), set())):
-                stray.append(rel)  # a rewritten commit, or a commit qsdk did not make
+            if rel in before:
+                stray.append(rel)  # a rewritten commit
+            elif not _qsdk_commit(root / rel, added.setdefault(str(table), set())):
+                stray.append(rel)  # a commit qsdk did not make
+                commits.setdefault(str(table), []).append(int(Path(rel).stem))
             continue
         if rel in before:  # a data file (or a file outside any table) modified or deleted
             if not (_STAGING_SUFFIX.search(parts[-1]) and _DELTA_DATA_FILE.fullmatch(parts[-1])):
@@ -279,15 +325,50 @@ def _check_direct_writes(task: Task, before: dict[str, tuple[int, int]]) -> None
         elif not (_DELTA_DATA_FILE.fullmatch(parts[-1]) and len(parts) > 2):
             stray.append(rel)
     stray = [rel for rel in stray if not _added_by_commit(rel, added)]
-    if stray:
-        shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+    if stray or links:
         raise _failed(
             task,
-            f"the notebook changed files in the lakehouse folder {root} directly instead of through "
-            f"qsdk.write_table: {shown}; write tables only with qsdk.write_table (nothing was "
-            "committed; remove those files)",
-            reason="direct_write", ename="DirectLakehouseWrite", evalue="\n".join(stray),
+            f"the notebook changed the lakehouse folder {root} directly instead of through "
+            f"qsdk.write_table: {_what_it_did(root, stray, links, commits, before)}; the stage's own "
+            "writes were not committed; write tables only with qsdk.write_table" + (_also(then) if then else ""),
+            reason="direct_write", ename="DirectLakehouseWrite", evalue="\n".join([*stray, *links]),
+            commits={folder.replace(os.sep, "."): versions for folder, versions in commits.items()},
         )
+
+
+def _what_it_did(root: Path, stray: list[str], links: list[str], commits: dict[str, list[int]],
+                 before: dict[str, tuple[int, int]]) -> str:
+    """What a direct write left behind, and for each kind how to undo it: only what is true."""
+    said = []
+    for folder, versions in sorted(commits.items()):
+        table, first = folder.replace(os.sep, "."), min(versions)
+        what = f"committed version{'s' if len(versions) > 1 else ''} {', '.join(map(str, sorted(versions)))} " \
+               f"of {table} itself (e.g. with deltalake.write_deltalake), and qsdk did not undo " \
+               f"{'them' if len(versions) > 1 else 'it'}"
+        if first == 0:
+            what += f": it created the table; delete the folder {root / folder} to undo it"
+        else:
+            what += f": undo with `qsdk restore {table} --version {first - 1}`"
+            latest = max(int(p.stem) for p in (root / folder / "_delta_log").glob("[0-9]*.json"))
+            if latest > max(versions):
+                what += f" (this also undoes the later versions up to {latest})"
+        said.append(what)
+    commit_files = {f"{folder}{os.sep}_delta_log{os.sep}{v:020d}.json" for folder, vs in commits.items() for v in vs}
+    new = [rel for rel in stray if rel not in before and rel not in commit_files]
+    old = [rel for rel in stray if rel in before]
+    if new:
+        said.append(f"added {_shown(new)} (nothing committed them; remove those files)")
+    if old:
+        said.append(f"changed or deleted {_shown(old)}, files of committed table versions: qsdk cannot "
+                    "repair them; restore a golden snapshot (qsdk snapshot restore) or rebuild the table")
+    if links:
+        said.append(f"created the symbolic link{'s' if len(links) > 1 else ''} {_shown(links)} (a link "
+                    "makes another folder look like a table, or leads out of the lakehouse; remove it)")
+    return "; ".join(said)
+
+
+def _shown(paths: list[str]) -> str:
+    return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
 
 
 def _qsdk_commit(path: Path, adds: set[str]) -> bool:

@@ -4,7 +4,8 @@ The qsdk papermill engine calls :func:`start` right after its bootstrap (before 
 and :func:`finish` after the last cell succeeded. Both run silently (no output, no history) and
 leave no name in the notebook's namespace. Keep them cheap: they run once per notebook.
 
-* ``start``: installs the in-kernel guards and the import recorder (:mod:`qsdk.codedeps`).
+* ``start``: installs the direct-read guard (:mod:`qsdk.lakehouse.guard`) and the import
+  recorder (:mod:`qsdk.codedeps`).
 * ``finish``: writes what the notebook imported to the task's staging folder, for the cache key.
 """
 
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 
 def start() -> None:
-    from qsdk import codedeps
+    from qsdk import codedeps, runtime
+    from qsdk.lakehouse import guard
 
+    guard.install(runtime.current())  # before the recorder: its imports are not the notebook's
     codedeps.start_recording()
 
 

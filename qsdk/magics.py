@@ -7,7 +7,7 @@
     %qsdk read TABLE [--version N] [--columns a,b]
     %qsdk tables | %qsdk flows           frames describing the lakehouse and the registry
     %qsdk promote TABLE [--mode append|overwrite|merge]
-    %%qsdk sql [-o NAME]                  DuckDB over lakehouse tables, returns a frame
+    %%qsdk sql [-o NAME]                  DuckDB over the lakehouse tables it names, returns a frame
 
 A stage notebook may start with ``%load_ext qsdk`` and ``%qsdk stage NAME`` for exploration:
 in a flow run those lines change nothing (the run's context and injected parameters stand).
@@ -18,7 +18,7 @@ sandbox (:mod:`qsdk.sandbox`), never to production; ``qsdk.promote`` publishes a
 In SQL, a table ``layer.name`` is visible as ``layer_name``, ``layer.name`` and
 ``"layer.name"``; ``$name`` is bound to the namespace variable ``name`` (e.g. a stage
 parameter). Tables are read through :class:`~qsdk.DataLoader`, so the active stage's contract
-applies to SQL too.
+applies to SQL too, and DuckDB's access to files and extensions is off (see ``QsdkMagics.sql``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from qsdk import runtime, sandbox
-from qsdk.errors import ParameterError
+from qsdk.errors import ParameterError, SqlAccessDenied
 from qsdk.runtime import StageContext
 
 _USAGE = "%qsdk stage|unstage|read|tables|flows|promote ...  or  %%qsdk sql"
@@ -160,13 +160,13 @@ class QsdkMagics(Magics):
         ctx = runtime.current()
         rows = []
         for info in sdk.tables():
-            row = {**info.to_dict(), "sandbox_version": mine.version(info.name)}
+            row = {**info.to_dict(), "sandbox_version": None if info.broken else mine.version(info.name)}
             if ctx is not None:
                 row["access"] = ("write" if info.name in ctx.outputs
                                  else "read" if info.name in ctx.inputs else "-")
             rows.append(row)
         return pd.DataFrame(rows, columns=["name", "version", "rows", "sandbox_version",
-                                           *(["access"] if ctx else []), "path"])
+                                           *(["access"] if ctx else []), "path", "broken"])
 
     def _flows(self, args: argparse.Namespace):
         import pandas as pd
@@ -184,7 +184,14 @@ class QsdkMagics(Magics):
 
     # ------------------------------------------------------------ SQL
     def sql(self, query: str):
-        """Run ``query`` with DuckDB over the lakehouse tables it names; a pandas frame."""
+        """Run ``query`` with DuckDB over the lakehouse tables it names; a pandas frame.
+
+        The tables are read through :class:`~qsdk.DataLoader` (the active stage's contract
+        applies) and registered; then DuckDB's external access is switched off and its
+        configuration locked, so the query sees exactly those tables: file functions
+        (``read_parquet``, ``glob``, ...), ``COPY``, ``ATTACH``/``EXPORT`` to a path and
+        ``INSTALL``/``LOAD`` are refused with :class:`~qsdk.errors.SqlAccessDenied`.
+        """
         import duckdb
 
         from qsdk.lakehouse.loader import DataLoader
@@ -201,14 +208,36 @@ class QsdkMagics(Magics):
                 con.register(table, data)  # "layer.name"
                 con.execute(f'CREATE SCHEMA IF NOT EXISTS "{layer}"')
                 con.execute(f'CREATE OR REPLACE VIEW "{layer}"."{name}" AS SELECT * FROM "{flat}"')
+            con.execute("SET enable_external_access = false")  # no files, extensions, Python scans
+            con.execute("SET lock_configuration = true")  # ... and no SET to turn it back on
             names = set(re.findall(r"(?<![\w$])\$([A-Za-z_]\w*)", query))
             missing = sorted(n for n in names if n not in self.shell.user_ns)
             if missing:
                 raise UsageError(f"SQL uses ${', $'.join(missing)} but no such variable is defined")
             bound = {n: self.shell.user_ns[n] for n in names}
-            return (con.execute(query, bound) if bound else con.execute(query)).df()
+            try:
+                return (con.execute(query, bound) if bound else con.execute(query)).df()
+            except (duckdb.PermissionException, duckdb.InvalidInputException) as exc:
+                if isinstance(exc, duckdb.InvalidInputException) and "configuration has been locked" not in str(exc):
+                    raise
+                raise _access_denied(exc) from exc
         finally:
             con.close()
+
+
+def _access_denied(exc: Exception) -> SqlAccessDenied:
+    detail = _first_line(str(exc))
+    return SqlAccessDenied(
+        "%%qsdk sql sees only the lakehouse tables the query names (as layer_name, layer.name or "
+        '"layer.name"): files, COPY, ATTACH/EXPORT to a path, INSTALL/LOAD and settings are off. '
+        "Name the table instead of its files; to write, put the frame (-o NAME) through "
+        f"qsdk.write_table. DuckDB said: {detail}",
+        detail=detail,
+    )
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def _in_flow_run(what: str) -> bool:

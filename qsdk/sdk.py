@@ -101,6 +101,30 @@ class QuantSDK:
         names = sorted(set(self.registry.tables) | set(lake.list_tables()))
         return [lake.info(n) for n in names]
 
+    def restore(self, table: str, *, version: int, reason: str | None = None) -> int:
+        """Make ``table`` hold again what it held at ``version``; return the new version.
+
+        A Delta RESTORE: a new version, the history kept (so it can itself be undone). Its
+        commit metadata says who restored (``qsdk.restored_by``, the sandbox user name) and why
+        (``qsdk.restore_reason``). The undo of a commit a notebook made around qsdk (the stage
+        failure names this call); it rewinds the whole table, later commits included.
+        """
+        from qsdk.sandbox import user_name
+
+        lake = self.lakehouse
+        current = lake.version(table)
+        if current is None:
+            raise ParameterError(f"table {table!r} does not exist under {lake.root}: nothing to restore",
+                                 table=table)
+        if not 0 <= version <= current:
+            raise ParameterError(f"table {table!r} has versions 0 to {current}; restore to one of them "
+                                 f"(got {version})", table=table, version=version)
+        if version == current:
+            return current
+        metadata = {"qsdk.operation": "restore", "qsdk.restored_to": version,
+                    "qsdk.restored_by": user_name(), "qsdk.restore_reason": reason or "qsdk restore"}
+        return lake.restore(table, version, metadata=metadata)
+
     def loader(self) -> DataLoader:
         """An unrestricted reader over the whole lakehouse (exploration, not stages)."""
         from qsdk.runtime import StageContext

@@ -19,8 +19,9 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from qsdk.errors import ContractViolation, LakehouseError
+from qsdk.errors import ContractViolation, LakehouseError, TableNameError
 from qsdk.lakehouse.contract import TableSpec, conform, validate_table_name
+from qsdk.lakehouse.guard import trusted
 
 WriteMode = Literal["append", "overwrite", "merge"]
 WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "merge")
@@ -36,9 +37,11 @@ class TableInfo:
     version: int | None
     rows: int | None
     path: str
+    broken: str | None = None  # why the table cannot be read (a link, a damaged _delta_log, ...)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "rows": self.rows, "path": self.path}
+        return {"name": self.name, "version": self.version, "rows": self.rows, "path": self.path,
+                "broken": self.broken}
 
 
 class Lakehouse:
@@ -85,7 +88,8 @@ class Lakehouse:
                 table=name,
             )
         try:
-            return DeltaTable(str(self.path(name)), version=version)
+            with trusted():  # qsdk's own read: the in-kernel direct-read guard lets it pass
+                return DeltaTable(str(self.path(name)), version=version)
         except Exception as exc:  # deltalake raises several foreign types
             raise LakehouseError(f"cannot open {name!r} at version {version}: {exc}", table=name) from exc
 
@@ -93,12 +97,28 @@ class Lakehouse:
         return self._table(name).version() if self.exists(name) else None
 
     def info(self, name: str) -> TableInfo:
-        if not self.exists(name):
-            return TableInfo(name, None, None, str(self.path(name)))
-        dt = self._table(name)
-        actions = pa.table(dt.get_add_actions(flatten=True))
+        """Version and row count; a table that cannot be resolved or read comes back with
+        ``broken`` saying why (never an error: one bad folder must not hide the others)."""
+        layer, _, table = name.partition(".")
+        folder = self.root / layer / table
+        try:
+            validate_table_name(name)
+        except TableNameError as exc:  # a folder qsdk never wrote (listed by list_tables)
+            return TableInfo(name, None, None, str(folder), broken=str(exc))
+        link = next((p for p in (folder.parent, folder) if p.is_symlink()), None)
+        if link is not None:
+            return TableInfo(name, None, None, str(folder), broken=(
+                f"{link} is a symbolic link (to {os.readlink(link)}), not a table folder: tables are "
+                "written only by qsdk; remove the link"))
+        try:
+            if not self.exists(name):
+                return TableInfo(name, None, None, str(self.path(name)))
+            dt = self._table(name)
+            actions = pa.table(dt.get_add_actions(flatten=True))
+        except (LakehouseError, OSError) as exc:
+            return TableInfo(name, None, None, str(folder), broken=str(exc))
         rows = int(pc.sum(actions.column("num_records")).as_py() or 0) if actions.num_rows else 0
-        return TableInfo(name, dt.version(), rows, str(self.path(name)))
+        return TableInfo(name, dt.version(), rows, str(folder))
 
     def history(self, name: str, *, limit: int | None = None) -> list[dict[str, Any]]:
         return self._table(name).history(limit)
@@ -110,6 +130,8 @@ class Lakehouse:
         raise LakehouseError(f"table {name!r} has no version {version}", table=name)
 
     def list_tables(self) -> list[str]:
+        """Names of the folders that look like tables (``layer/name/_delta_log``), readable or
+        not: :meth:`info` says which are broken."""
         names = []
         if self.root.is_dir():
             for log in sorted(self.root.glob("*/*/_delta_log")):
@@ -127,8 +149,9 @@ class Lakehouse:
     ) -> pa.Table:
         dt = self._table(name, version)
         try:
-            dataset = dt.to_pyarrow_dataset()
-            return dataset.to_table(
+            with trusted():
+                dataset = dt.to_pyarrow_dataset()
+                return dataset.to_table(
                 columns=list(columns) if columns else None,
                 filter=_expression(filters, dataset.schema),
             )

@@ -159,6 +159,35 @@ def test_stage_contract_limits_reads_including_sql(session: Session) -> None:
     assert session.json("df = %qsdk read bronze.secret\nprint(len(df))") == 2  # unrestricted again
 
 
+def test_sql_reaches_no_file_and_no_setting_only_the_tables_it_names(session: Session, env) -> None:
+    session.ok("%qsdk stage returns")  # may read bronze.prices, not bronze.secret
+    lake, root = env["lake"], env["root"]
+    secret = next((lake / "bronze" / "secret").glob("*.parquet"))
+    attempts = {
+        "read_parquet": f"SELECT * FROM read_parquet('{secret}')",
+        "a file as a table": f"SELECT * FROM '{secret}'",
+        "a Delta log as text": f"SELECT * FROM read_text('{lake}/bronze/secret/_delta_log/*.json')",
+        "glob": f"SELECT * FROM glob('{lake}/*/*')",
+        "COPY TO": f"COPY (SELECT * FROM bronze_prices) TO '{lake}/bronze/prices/evil.parquet' (FORMAT parquet)",
+        "ATTACH": f"ATTACH '{root}/side.duckdb' AS side",
+        "EXPORT": f"EXPORT DATABASE '{root}/exported'",
+        "INSTALL": "INSTALL httpfs",
+        "LOAD": "LOAD httpfs",
+        "SET": "SET enable_external_access = true",
+        "RESET": "RESET lock_configuration",
+    }
+    for what, sql in attempts.items():
+        out = session.run(f"%%qsdk sql\n{sql}")
+        assert out["error"] is not None and out["error"][0] == "SqlAccessDenied", (what, out)
+        assert "sees only the lakehouse tables the query names" in out["error"][1], what
+        assert "Name the table instead of its files" in out["error"][1], what
+    assert not (lake / "bronze" / "prices" / "evil.parquet").exists()
+    assert not (root / "side.duckdb").exists() and not (root / "exported").exists()
+    session.ok("%%qsdk sql -o n\nSELECT count(*) AS n FROM bronze_prices")  # what it names still works
+    assert session.json("print(int(n.n[0]))") == 5
+    session.ok("%qsdk unstage")
+
+
 def test_interactive_writes_go_to_the_sandbox_until_promoted(session: Session, env) -> None:
     production = Lakehouse(env["lake"])
     prices_version = production.version("bronze.prices")

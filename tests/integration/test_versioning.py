@@ -23,6 +23,7 @@ from qsdk.errors import ParameterError, SnapshotConflict, SnapshotCorrupted, Ver
 from qsdk.sdk import QuantSDK
 from qsdk.versioning import SnapshotStore, dvcsync
 from qsdk.versioning.dvc import cache_dir, cache_file
+from tests.conftest import Project
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -33,7 +34,7 @@ PRICES = ("ingest_prices", "clean_prices")  # the part of the backfill these tes
 class Repo:
     """A temporary git repository with DVC initialised and a copy of the qsdk project."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, source: Path = REPO) -> None:
         self.root = tmp / "repo"
         self.lake, self.runs, self.remote = tmp / "lake", tmp / "runs", tmp / "dvc-remote"
         self.env = {
@@ -47,7 +48,7 @@ class Repo:
         }
         self.env.pop("QSDK_PROJECT", None)
         for folder in ("pipelines", "notebooks"):
-            shutil.copytree(REPO / folder, self.root / folder)
+            shutil.copytree(source / folder, self.root / folder)
         self.sh("git", "init", "-q")
         self.sh("git", "config", "user.email", "test@example.com")
         self.sh("git", "config", "user.name", "qsdk test")
@@ -142,6 +143,28 @@ def test_dvc_repro_runs_the_registry_pipeline_and_dvc_dag_agrees(repo: Repo):
     (repo.root / "pipelines" / "backfill.yaml").write_text(yaml.safe_dump(doc))
     stale = repo.sh("qsdk", "dvc", "sync", "--check", check=False)
     assert stale.returncode == 1 and "+    desc: changed" in stale.stderr
+
+
+def test_params_yaml_values_reach_the_stage_as_literal_text_through_dvc_repro(tmp_path: Path):
+    """A params.yaml value never reaches a shell: dvc.yaml's command reads params.yaml itself."""
+    project = Project(tmp_path / "source")
+    project.table("bronze.labels", {"k": "int64", "label": "string"})
+    project.stage("tag", 'label: str = "plain"', "import pandas as pd, qsdk\n"
+                  'qsdk.write_table("bronze.labels", pd.DataFrame({"k": [1], "label": [label]}), mode="overwrite")',
+                  outputs=["bronze.labels"])
+    project.flow("f", ["tag"], parameters={"label": "plain"}).save()
+    repo = Repo(tmp_path, source=project.root)
+    repo.sh("qsdk", "dvc", "sync")
+    evil = '$(touch pwned) `touch pwned2` "; touch pwned3; "\' $HOME'
+    (repo.root / "params.yaml").write_text(yaml.safe_dump({"f": {"label": evil}}))
+
+    repo.sh("dvc", "repro", "tag")
+    labels = repo.sdk().lakehouse.read("bronze.labels").column("label").to_pylist()
+    assert labels == [evil]  # the literal text, nothing expanded
+    assert not list(tmp_path.rglob("pwned*"))  # and nothing ran
+    assert "cmd: qsdk dvc run f tag\n" in (repo.root / "dvc.yaml").read_text()
+    (repo.root / "params.yaml").write_text(yaml.safe_dump({"f": {"label": "changed"}}))
+    assert "f.label" in repo.sh("dvc", "status", "tag").stdout  # DVC still tracks the value
 
 
 # ------------------------------------------------------------------ snapshots (no kernels)

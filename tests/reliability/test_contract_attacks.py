@@ -155,7 +155,7 @@ if attack:
 
 
 @pytest.mark.parametrize("case", list(DIRECT))
-def test_files_written_into_the_lakehouse_directly_fail_the_stage(project, case):
+def test_files_written_into_the_lakehouse_directly_fail_the_stage(project, case, capsys):
     code, paths = DIRECT[case]
     sdk = _direct_project(project, code)
     sdk.run_pipeline("f", executor="local", track=False, cache=False)
@@ -175,9 +175,34 @@ def test_files_written_into_the_lakehouse_directly_fail_the_stage(project, case)
     bypassed = 1 if "deltalake" in case else 0  # a direct Delta commit is reported, not undone
     assert state(sdk.lakehouse, "silver.prices").version == bypassed
     if paths is None:  # a data file rewritten in place damaged version 0: reported, not repaired
+        assert "changed or deleted silver/prices/part-" in str(err) and "qsdk cannot repair them" in str(err)
         return
+    if bypassed:  # said as it is, with the command that undoes it
+        assert "committed version 1 of silver.prices itself" in str(err) and "qsdk did not undo it" in str(err)
+        assert "undo with `qsdk restore silver.prices --version 0`" in str(err)
+        assert "remove those files" not in str(err) and err.commits == {"silver.prices": [1]}
+        _undo_with_qsdk_restore(sdk, capsys)
+    else:
+        assert f"added {paths[0]} (nothing committed them; remove those files)" in str(err)
     assert set(sdk.lakehouse.read("silver.prices", version=0).column("v").to_pylist()) == {1.0}
     assert 2.0 not in set(sdk.lakehouse.read("silver.prices").column("v").to_pylist())  # the stage's write: dropped
+
+
+def _undo_with_qsdk_restore(sdk, capsys) -> None:
+    from qsdk import cli
+    from qsdk.sandbox import user_name
+
+    root = str(sdk.config.project_root)
+    assert cli.main(["--project", root, "restore", "silver.prices", "--version", "0",
+                     "--reason", "undo a direct commit"]) == 0
+    assert "restored silver.prices to version 0 (as new version 2" in capsys.readouterr().out
+    assert state(sdk.lakehouse, "silver.prices") == TableState(2, 10)
+    assert set(sdk.lakehouse.read("silver.prices").column("v").to_pylist()) == {1.0}
+    last = sdk.lakehouse.history("silver.prices", limit=1)[0]
+    assert last["operation"] == "RESTORE" and last["qsdk.restored_to"] == "0"
+    assert last["qsdk.restored_by"] == user_name() and last["qsdk.restore_reason"] == "undo a direct commit"
+    assert cli.main(["--project", root, "restore", "silver.prices", "--version", "7"]) == 2
+    assert "has versions 0 to 2; restore to one of them (got 7)" in capsys.readouterr().err
 
 
 def test_commits_of_other_tasks_during_a_stage_are_not_mistaken_for_direct_writes(project, rendezvous):

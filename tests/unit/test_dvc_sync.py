@@ -10,7 +10,7 @@ import yaml
 
 from qsdk import cli
 from qsdk.config import Config
-from qsdk.errors import ParameterError
+from qsdk.errors import ParameterError, VersioningError
 from qsdk.registry import Registry
 from qsdk.versioning import dvcsync, run_options
 
@@ -90,11 +90,25 @@ def test_render_is_deterministic_and_its_edges_are_the_registry_edges(project):
     assert stages["join"]["outs"] == [{".qsdk/dvc/join.json": {"cache": False}}]
     assert all(not o_path.startswith(("lakehouse", "raw", "mid")) for e in stages.values()
                for out in e["outs"] for o_path in out)  # never a Delta table
-    # load_b is in two flows: it runs in the first by name; its registry default becomes a param
-    assert stages["load_b"]["cmd"] == 'qsdk dvc run alpha load_b -p "load_b.window=${alpha.load_b.window}"'
-    assert stages["load_a"]["cmd"] == 'qsdk dvc run zeta load_a -p "start=${zeta.start}"'
-    assert stages["load_a"]["params"] == ["zeta.start"]
+    # load_b is in two flows: it runs in the first by name; its registry default becomes a param,
+    # declared for DVC but read by the command itself: no value is ever templated into a command
+    assert stages["load_b"]["cmd"] == "qsdk dvc run alpha load_b"
+    assert stages["load_a"]["cmd"] == "qsdk dvc run zeta load_a"
+    assert stages["load_a"]["params"] == ["zeta.start"] and stages["load_b"]["params"] == ["alpha.load_b.window"]
     assert dvcsync.default_params(registry) == {"alpha": {"load_b": {"window": 5}}, "zeta": {"start": "2021-01-01"}}
+
+
+def test_a_stage_reads_its_params_yaml_values_as_literal_text(project):
+    registry = _registry(project, ["load_a", "load_b", "join", "report"])
+    dvcsync.sync(registry)
+    assert dvcsync.dvc_params(registry, "zeta", "load_a") == {"start": "2021-01-01"}
+    values = {"zeta": {"start": "$(touch pwned) `touch pwned`; rm -rf x"}, "alpha": {"load_b": {"window": 7}}}
+    (project.root / "params.yaml").write_text(yaml.safe_dump(values))
+    assert dvcsync.dvc_params(registry, "zeta", "load_a") == {"start": "$(touch pwned) `touch pwned`; rm -rf x"}
+    assert dvcsync.dvc_params(registry, "alpha", "load_b") == {"load_b.window": "7"}
+    (project.root / "params.yaml").write_text(yaml.safe_dump({"zeta": {}}))
+    with pytest.raises(VersioningError, match=r"no value for 'zeta.start' .* run `qsdk dvc sync`"):
+        dvcsync.dvc_params(registry, "zeta", "load_a")
 
 
 def test_snapshot_is_a_run_option_not_a_stage_parameter(project):
