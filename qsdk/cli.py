@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="show a flow's stages, tables and parameters")
     show.add_argument("flow")
     show.add_argument("--json", action="store_true")
+    _add_check(sub)
     status = sub.add_parser("status", help="per stage and partition: cached, stale (and why), or never run")
     status.add_argument("flow")
     status.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
@@ -70,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--json", action="store_true")
     _add_versioning(sub)
     return parser
+
+
+def _add_check(sub: Any) -> None:
+    check = sub.add_parser("check", help="validate the registry and every stage notebook; print every problem "
+                                         "(exit 1 if any)")
+    check.add_argument("--json", action="store_true")
 
 
 def _add_versioning(sub: Any) -> None:
@@ -125,7 +132,7 @@ def _sdk(args: argparse.Namespace):
 def _dispatch(args: argparse.Namespace) -> int:
     handler = {"run": _run, "list": _list, "show": _show, "tables": _tables, "lineage": _lineage,
                "reproduce": _reproduce, "status": _status, "dvc": _dvc, "snapshot": _snapshot,
-               "features": _features}[args.command]
+               "features": _features, "check": _check}[args.command]
     return handler(args)
 
 
@@ -150,17 +157,45 @@ def _run(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     reg = _sdk(args).registry
-    rows = [{"flow": f.name, "stages": list(f.order()), "description": f.description} for f in reg.flows.values()]
+    rows: list[dict[str, Any]] = [{"flow": f.name, "stages": list(f.order()), "description": f.description}
+                                  for f in reg.flows.values()]
+    rows += [{"flow": p.name, "stages": list(p.stages), "description": "", "broken": p.message}
+             for p in reg.problems if p.kind == "flow"]
     if args.json:
         print(json.dumps(rows))
-    else:
-        for row in rows:
+        return 0
+    for row in rows:
+        if "broken" in row:
+            print(f"{row['flow']:<16} BROKEN: {row['broken']}")
+        else:
             print(f"{row['flow']:<16} {' -> '.join(row['stages'])}")
+    _problems_hint(reg)
     return 0
+
+
+def _problems_hint(reg: Any) -> None:
+    if reg.problems:
+        print(f"qsdk: {len(reg.problems)} problem(s) in the registry; `qsdk check` lists them", file=sys.stderr)
+
+
+def _check(args: argparse.Namespace) -> int:
+    problems = _sdk(args).check()
+    if args.json:
+        print(json.dumps([p.to_dict() for p in problems]))
+    elif problems:
+        for p in problems:
+            print(f"{p.kind} {p.name}: {p.message}")
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+    else:
+        print("registry OK: every table, stage, flow and feature view loads")
+    return 1 if problems else 0
 
 
 def _show(args: argparse.Namespace) -> int:
     reg = _sdk(args).registry
+    broken = reg.problem("flow", args.flow)
+    if broken is not None:
+        return _show_broken(reg, broken, as_json=args.json)
     flow = reg.flow(args.flow)
     deps = flow.dependencies()
     info: dict[str, Any] = {
@@ -174,17 +209,41 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     print(f"flow {flow.name}: {flow.description}")
     for name in info["order"]:
-        stage = info["stages"][name]
-        part = f" (partitioned by {stage['partition']})" if stage["partition"] else ""
-        print(f"  {name}{part}")
-        print(f"    after:   {', '.join(stage['after']) or '-'}")
-        print(f"    reads:   {', '.join(stage['inputs']) or '-'}")
-        print(f"    writes:  {', '.join(stage['outputs']) or '-'}")
-        params = ", ".join(
-            f"{p['name']}: {p['type']}" + ("" if p["required"] else f" = {p['default']!r}")
-            for p in stage["parameters"].values()
-        )
-        print(f"    params:  {params or '-'}")
+        _print_stage(info["stages"][name])
+    return 0
+
+
+def _print_stage(stage: dict[str, Any]) -> None:
+    part = f" (partitioned by {stage['partition']})" if stage["partition"] else ""
+    print(f"  {stage['name']}{part}")
+    print(f"    after:   {', '.join(stage['after']) or '-'}")
+    print(f"    reads:   {', '.join(stage['inputs']) or '-'}")
+    print(f"    writes:  {', '.join(stage['outputs']) or '-'}")
+    params = ", ".join(
+        f"{p['name']}: {p['type']}" + (f" = <computed: {p['computed']}>" if p.get("computed") else
+                                      "" if p["required"] else f" = {p['default']!r}")
+        for p in stage["parameters"].values()
+    )
+    print(f"    params:  {params or '-'}")
+
+
+def _show_broken(reg: Any, broken: Any, *, as_json: bool) -> int:
+    """A broken flow: its error, then each declared stage, the broken ones with theirs."""
+    stages: dict[str, Any] = {}
+    for name in broken.stages:
+        problem = reg.problem("stage", name)
+        stages[name] = ({"name": name, "broken": problem.message} if problem is not None else
+                        {**reg.stages[name].describe(), "after": []} if name in reg.stages else
+                        {"name": name, "broken": "not declared"})
+    if as_json:
+        print(json.dumps({"flow": broken.name, "broken": broken.message, "stages": stages}, default=str))
+        return 0
+    print(f"flow {broken.name}: BROKEN: {broken.message}")
+    for stage in stages.values():
+        if "broken" in stage:
+            print(f"  {stage['name']}  BROKEN: {stage['broken']}")
+        else:
+            _print_stage(stage)
     return 0
 
 
@@ -254,6 +313,11 @@ def _dvc(args: argparse.Namespace) -> int:
     from qsdk import versioning
 
     sdk = _sdk(args)
+    if args.dvc_command == "sync" and sdk.registry.problems:  # would silently leave the broken stages out
+        from qsdk.errors import RegistryError
+
+        raise RegistryError(f"dvc.yaml is not synced while the registry has {len(sdk.registry.problems)} "
+                            f"problem(s): {sdk.registry.problems[0].message} (`qsdk check` lists them)")
     if args.dvc_command == "sync":
         report = versioning.sync(sdk.registry, check=args.check)
         if args.check and not report.in_step:

@@ -13,7 +13,7 @@ from qsdk.executors import Executor, get_executor
 from qsdk.hooks import Hook
 from qsdk.lakehouse.loader import DataLoader
 from qsdk.lakehouse.tables import Lakehouse, TableInfo
-from qsdk.registry import Registry
+from qsdk.registry import Problem, Registry
 from qsdk.run import RunResult, run_flow
 
 
@@ -94,6 +94,15 @@ class QuantSDK:
 
         flow = self.registry.flow(name)
         return flow_status(flow, flow.resolve(params), cache=Cache(self.lakehouse))
+
+    def check(self) -> list[Problem]:
+        """Every problem of the registry and its stage notebooks (empty: all of it loads).
+
+        Loading already validates each notebook's parameters cell, registry defaults and
+        partitioning; a broken entry is kept as a :class:`~qsdk.registry.Problem` instead of
+        failing the load, and this lists them all at once.
+        """
+        return list(self.registry.problems)
 
     def tables(self) -> list[TableInfo]:
         lake = self.lakehouse
