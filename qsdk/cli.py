@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("flow")
     show.add_argument("--json", action="store_true")
     _add_check(sub)
+    _add_runs(sub)
     status = sub.add_parser("status", help="per stage and partition: cached, stale (and why), or never run")
     status.add_argument("flow")
     status.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
@@ -65,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("--version", type=int, help="table version (default: the latest)")
     lineage.add_argument("--json", action="store_true")
     repro = sub.add_parser("reproduce", help="re-run a tracked run on its recorded input versions and compare")
-    repro.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a flow, stage or partition run")
+    repro.add_argument("run_id", metavar="RUN_ID",
+                       help="a qsdk run id (as `qsdk run` prints it; `qsdk runs` lists them), RUN_ID:STAGE, "
+                            "RUN_ID:STAGE:PARTITION, or the MLflow run id of a flow, stage or partition run")
     repro.add_argument("--check", action="store_true", help="exit 1 when an output differs")
     repro.add_argument("--executor", default="local", help="local (default) or ray")
     repro.add_argument("--json", action="store_true")
@@ -77,6 +80,13 @@ def _add_check(sub: Any) -> None:
     check = sub.add_parser("check", help="validate the registry and every stage notebook; print every problem "
                                          "(exit 1 if any)")
     check.add_argument("--json", action="store_true")
+
+
+def _add_runs(sub: Any) -> None:
+    runs = sub.add_parser("runs", help="recent runs: id, flow, status, start, duration, MLflow run id")
+    runs.add_argument("flow", nargs="?", help="only this flow's runs")
+    runs.add_argument("-n", "--limit", type=int, default=20, help="how many (default 20, newest first)")
+    runs.add_argument("--json", action="store_true")
 
 
 def _add_versioning(sub: Any) -> None:
@@ -132,7 +142,8 @@ def _sdk(args: argparse.Namespace):
 def _dispatch(args: argparse.Namespace) -> int:
     handler = {"run": _run, "list": _list, "show": _show, "tables": _tables, "lineage": _lineage,
                "reproduce": _reproduce, "status": _status, "dvc": _dvc, "snapshot": _snapshot,
-               "features": _features, "check": _check}[args.command]
+               "features": _features, "check": _check,
+               "runs": _runs}[args.command]
     return handler(args)
 
 
@@ -189,6 +200,21 @@ def _check(args: argparse.Namespace) -> int:
     else:
         print("registry OK: every table, stage, flow and feature view loads")
     return 1 if problems else 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    runs = _sdk(args).runs(flow=args.flow, limit=args.limit)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in runs]))
+        return 0
+    print(f"{'run id':<24} {'flow':<12} {'status':<10} {'started (UTC)':<20} {'duration':>9}  mlflow run id")
+    for r in runs:
+        took = "-" if r.duration_s is None else f"{r.duration_s:.1f}s"
+        print(f"{r.run_id:<24} {r.flow:<12} {r.status:<10} {r.started[:19].replace('T', ' '):<20} {took:>9}  "
+              f"{r.mlflow_run_id or '-'}")
+    if not runs:
+        print("(no runs yet: `qsdk run FLOW` starts one)")
+    return 0
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -324,8 +324,9 @@ def validate(
     """Check ``values`` against ``specs``; return the full, coerced parameter set.
 
     Unknown names and missing required values are errors. Defaults fill in the rest; a computed
-    default is left out (the notebook computes it) unless a parameter it reads is set here or
-    in ``overridden`` (set later, such as a partition's dates): see :func:`_derived`.
+    default is left out (the notebook computes it) unless a parameter it reads is set here to
+    another value than its default, or in ``overridden`` (set later, such as a partition's
+    dates): see :func:`_derived`.
     """
     for name in values:
         if name not in specs:
@@ -342,7 +343,7 @@ def validate(
         if name in values:
             resolved[name] = coerce(spec, values[name], stage=stage)
         elif spec.computed:
-            _derived(spec, set(values) | set(overridden), stage=stage)
+            continue  # checked below, once the values it may read are coerced
         elif spec.required:
             raise ParameterError(
                 f"stage {stage!r}: parameter {name!r} is required ({spec.type.describe()}); "
@@ -352,13 +353,18 @@ def validate(
             )
         else:
             resolved[name] = spec.default
-    return resolved
+    changed = {n for n, v in resolved.items() if n in values and (specs[n].computed or v != specs[n].default)}
+    for spec in specs.values():
+        if spec.computed and spec.name not in values:
+            _derived(spec, changed | set(overridden), stage=stage)
+    return {n: resolved[n] for n in specs if n in resolved}
 
 
 def _derived(spec: ParamSpec, given: set[str], *, stage: str) -> None:
     """A computed default is derived in the kernel, from the cell's own defaults: papermill injects
     the values passed *after* the parameters cell. So when a parameter it reads is given a
-    value, the computed one would be stale, and it must be given too."""
+    value other than its default (``given``), the computed one would be stale, and it must be
+    given too."""
     stale = [u for u in spec.uses if u in given]
     if stale:
         raise ParameterError(

@@ -10,6 +10,7 @@ from typing import Any
 from qsdk.config import Config
 from qsdk.errors import ParameterError
 from qsdk.executors import Executor, get_executor
+from qsdk.history import RunSummary
 from qsdk.hooks import Hook
 from qsdk.lakehouse.loader import DataLoader
 from qsdk.lakehouse.tables import Lakehouse, TableInfo
@@ -103,6 +104,12 @@ class QuantSDK:
         failing the load, and this lists them all at once.
         """
         return list(self.registry.problems)
+
+    def runs(self, *, flow: str | None = None, limit: int | None = 20) -> list[RunSummary]:
+        """The last ``limit`` runs (of ``flow``), newest first, from ``runs/<run_id>/run.json``."""
+        from qsdk.history import list_runs
+
+        return list_runs(self.config.runs_dir, limit=limit, flow=flow)
 
     def tables(self) -> list[TableInfo]:
         lake = self.lakehouse

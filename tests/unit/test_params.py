@@ -112,6 +112,7 @@ def test_a_computed_default_that_reads_a_given_parameter_must_be_given_too():
     assert "parameter 'y' is computed in the parameters cell (`y = x * 2`) from x" in str(info.value)
     assert "-p y=..." in str(info.value)
     assert P.validate(specs, {"x": "5", "y": "10", "limit": "3"}, stage="s") == {"x": 5, "y": "10", "limit": 3}
+    assert P.validate(specs, {"x": "1"}, stage="s") == {"x": 1}  # x at its default: y and limit are right
     with pytest.raises(ParameterError, match="'y' is computed"):  # set later, as a partition's dates are
         P.validate(specs, {"limit": "3"}, stage="s", overridden=("x",))
 
