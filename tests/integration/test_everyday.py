@@ -78,7 +78,7 @@ def test_a_fresh_clone_is_a_dvc_project(tmp_path):
     def sh(*cmd: str) -> str:
         proc = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"{' '.join(cmd)}: {proc.stdout}\n{proc.stderr}"
-        return proc.stdout
+        return proc.stdout + proc.stderr
 
     assert "clean_prices" in sh("dvc", "dag")
     assert sh("dvc", "remote", "default").strip() == "qsdk-local"
