@@ -122,7 +122,11 @@ def _add_versioning(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, so that a closed pipe surfaces below and not at exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except FlowFailed as exc:
         print(f"qsdk: {exc}", file=sys.stderr)
         return 1
@@ -131,6 +135,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"qsdk: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _closed_pipe() -> int:
+    """The reader went away (``qsdk tables --json | head``): stop quietly, as ``cat`` does.
+
+    stdout is pointed at /dev/null so the interpreter's final flush cannot raise again; the
+    exit code is what a process killed by SIGPIPE reports (128 + 13).
+    """
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 def _sdk(args: argparse.Namespace):

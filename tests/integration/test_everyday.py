@@ -90,3 +90,13 @@ def test_a_fresh_clone_is_a_dvc_project(tmp_path):
     first = sh("dvc", "repro", "ingest_prices")
     assert "Running stage 'ingest_prices'" in first and "cached" in first  # no lock yet: DVC asks qsdk
     assert "didn't change" in sh("dvc", "repro", "ingest_prices")
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`qsdk tables --json | head`: the reader leaves early; no BrokenPipeError traceback."""
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "qsdk"), "--project", str(REPO), "list", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before qsdk writes a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "BrokenPipe" not in err and "Traceback" not in err and "Exception ignored" not in err, err

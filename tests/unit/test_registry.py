@@ -79,7 +79,7 @@ def test_flow_parameters_route_to_stages_and_reject_unknown(project):
     assert resolved == {"one": {"start": "2020-03-15", "end": "2020-05-02"}, "two": {"n": 5}}
     parts = flow.stage("one").partitions(resolved["one"])
     assert [k for k, _ in parts] == ["2020-03-15_2020-03-31", "2020-04-01_2020-04-30", "2020-05-01_2020-05-02"]
-    with pytest.raises(ParameterError, match="no stage declares parameter 'stat'"):
+    with pytest.raises(ParameterError, match="no stage declares parameter 'stat'; did you mean 'start'"):
         flow.resolve({"stat": "x"})
     with pytest.raises(ParameterError, match="is after"):
         flow.resolve({"start": "2021-01-01", "end": "2020-01-01"})
