@@ -48,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not record the run in MLflow (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
 
     sub.add_parser("list", help="list flows and their stages").add_argument("--json", action="store_true")
-    show = sub.add_parser("show", help="show a flow's stages, tables and parameters")
+    show = sub.add_parser("show", help="show a flow's stages, tables and parameters, or draw it")
     show.add_argument("flow")
     show.add_argument("--json", action="store_true")
+    _add_picture_options(show)
     _add_check(sub)
     _add_runs(sub)
     status = sub.add_parser("status", help="per stage and partition: cached, stale (and why), or never run")
@@ -74,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--json", action="store_true")
     _add_versioning(sub)
     return parser
+
+
+def _add_picture_options(show: Any) -> None:
+    show.add_argument("--format", choices=("text", "mermaid", "svg", "png"), default="text",
+                      help="text (default), or draw the DAG of stages and tables: mermaid or svg "
+                           "(to stdout, or -o FILE), png (-o FILE, default FLOW.png)")
+    show.add_argument("-o", "--output", metavar="FILE", help="write the picture to FILE")
+    show.add_argument("--run", metavar="RUN_ID", help="colour stages by how this run went "
+                                                      "(default: by `qsdk status`)")
+    show.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                      help="parameters for the status the stages are coloured by")
 
 
 def _add_check(sub: Any) -> None:
@@ -235,6 +247,8 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    if args.format != "text":
+        return _picture(args)
     reg = _sdk(args).registry
     broken = reg.problem("flow", args.flow)
     if broken is not None:
@@ -253,6 +267,31 @@ def _show(args: argparse.Namespace) -> int:
     print(f"flow {flow.name}: {flow.description}")
     for name in info["order"]:
         _print_stage(info["stages"][name])
+    return 0
+
+
+def _picture(args: argparse.Namespace) -> int:
+    from qsdk import graph as G
+    from qsdk.errors import ParameterError
+
+    sdk = _sdk(args)
+    try:
+        graph = sdk.graph(args.flow, params=_parse_params(args.param), run_id=args.run)
+    except ParameterError as exc:  # e.g. daily without -p date=...: draw it, uncoloured
+        print(f"qsdk: stages not coloured: {exc}", file=sys.stderr)
+        graph = sdk.graph(args.flow, states=False)
+    if args.format == "png":
+        out = G.to_png(graph, args.output or f"{args.flow}.png")
+        print(f"wrote {out}")
+        return 0
+    text = G.to_mermaid(graph) if args.format == "mermaid" else G.to_svg(graph)
+    if args.output:
+        from pathlib import Path
+
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
     return 0
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import graphlib
-from difflib import get_close_matches
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from typing import Any
 
 from qsdk.errors import FlowCycleError, ParameterError, UnknownNameError

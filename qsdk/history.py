@@ -70,3 +70,15 @@ def read_run(folder: Path) -> RunSummary:
         run_dir=str(folder), tracking_uri=doc.get("mlflow_tracking_uri"),
     )
 
+
+
+def run_record(runs_dir: Path, run_id: str) -> dict[str, Any]:
+    """The full ``run.json`` of run ``run_id``; an error naming the recent runs when there is none."""
+    from qsdk.errors import UnknownNameError
+
+    path = runs_dir / run_id / "run.json"
+    if not RUN_ID.match(run_id) or not path.is_file():
+        recent = [r.run_id for r in list_runs(runs_dir, limit=5) if r.status != "unfinished"]
+        raise UnknownNameError(f"no finished run {run_id!r} in {runs_dir}; recent runs: "
+                               f"{', '.join(recent) or '(none)'} (`qsdk runs` lists them)", known=recent)
+    return json.loads(path.read_text())

@@ -65,6 +65,53 @@ def test_broken_entries_are_listed_checked_and_refused_while_other_flows_run(bro
     assert lake.read("bronze.a").to_pylist() == [{"k": 1, "v": 1.0}]  # "none" arrived as the string
     assert lake.read("bronze.e").to_pylist() == [{"k": 2, "v": 3.0}]  # y = 1 * 2, out_dir = "a/b"
 
+    # the pictures: by status, by a run, and a broken flow with its broken stage marked
+    assert qsdk(broken, "runs", "ok", "--json") == 0
+    (run,) = json.loads(capsys.readouterr().out)
+    assert qsdk(broken, "show", "ok", "--format", "svg") == 0  # status with the default label="x"
+    assert _states(capsys.readouterr().out) == {"good": "stale"}
+    assert qsdk(broken, "show", "ok", "--format", "svg", "-p", "label=none") == 0  # as it ran
+    assert _states(capsys.readouterr().out) == {"good": "cached"}
+    assert qsdk(broken, "show", "ok", "--format", "svg", "--run", run["run_id"]) == 0
+    assert _states(capsys.readouterr().out) == {"good": "succeeded"}
+    assert qsdk(broken, "show", "f_notag", "--format", "svg") == 0
+    assert _states(capsys.readouterr().out) == {"notag": "broken", "good": "unknown"}
+    assert qsdk(broken, "show", "ok", "--format", "svg", "--run", "20990101T000000Z-abcdef") == 2
+    err = capsys.readouterr().err
+    assert "no finished run '20990101T000000Z-abcdef'" in err and run["run_id"] in err
+
+
+def _states(svg: str) -> dict[str, str]:
+    """Stage -> state, as the SVG's nodes carry them."""
+    import re
+
+    return dict(re.findall(r'data-node="([^"]+)" data-kind="stage" data-state="([^"]+)"', svg))
+
+
+def test_show_draws_every_stage_and_table_of_the_backfill(tmp_path, monkeypatch, capsys):
+    import re
+
+    from qsdk.config import Config
+    from qsdk.registry import Registry
+
+    monkeypatch.setenv("QSDK_LAKEHOUSE", str(tmp_path / "lake"))  # nothing ran there: all never run
+    flow = Registry.load(Config.load(REPO)).flow("backfill")
+    tables = {t for s in flow.stages for t in (*s.inputs, *s.outputs)}
+    svg_path, png_path = tmp_path / "backfill.svg", tmp_path / "backfill.png"
+    assert cli.main(["--project", str(REPO), "show", "backfill", "--format", "svg", "-o", str(svg_path)]) == 0
+    svg = svg_path.read_text()
+    assert _states(svg) == {s: "never" for s in flow.stage_names}
+    assert set(re.findall(r'data-node="([^"]+)" data-kind="table"', svg)) == tables
+    assert 'data-node="clean_prices" data-kind="stage" data-state="never" data-partitions="14"' in svg
+    assert "clean_prices ×14" in svg  # partitions collapsed into the stage's node, with their count
+    assert cli.main(["--project", str(REPO), "show", "backfill", "--format", "png", "-o", str(png_path)]) == 0
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 20_000
+    capsys.readouterr()
+    assert cli.main(["--project", str(REPO), "show", "backfill", "--format", "mermaid"]) == 0
+    mermaid = capsys.readouterr().out
+    assert mermaid.startswith("flowchart LR") and "stage_clean_prices --> table_silver__prices" in mermaid
+    assert "class " in mermaid and "classDef never" in mermaid
+
 
 def test_a_fresh_clone_is_a_dvc_project(tmp_path):
     """The committed .dvc/config and .dvcignore make a clone a DVC project: `dvc dag` works, and
