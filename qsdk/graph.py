@@ -49,7 +49,8 @@ class Node:
 
     @property
     def size(self) -> tuple[float, float]:
-        text = max(len(self.caption), len(self.state_label)) if self.kind == "stage" else len(self.caption)
+        # a stage keeps room for a partition count, so live re-colouring never outgrows the layout
+        text = max(len(self.label) + 4, len(self.state_label)) if self.kind == "stage" else len(self.caption)
         return text * _CHAR_W + 2 * _PAD, _STAGE_H if self.kind == "stage" else _TABLE_H
 
     @property
@@ -67,10 +68,12 @@ class FlowGraph:
     def stage_states(self) -> dict[str, str]:
         return {n.label: n.state for n in self.nodes.values() if n.kind == "stage"}
 
-    def with_states(self, states: Mapping[str, str], *, details: Mapping[str, str] | None = None) -> FlowGraph:
-        """The same graph and layout with stage ``states`` (by stage name) replaced."""
-        nodes = {k: Node(n.id, n.kind, n.label, states.get(n.label, n.state), n.partitions,
-                         (details or {}).get(n.label, n.detail)) if n.kind == "stage" else n
+    def with_states(self, states: Mapping[str, str], *, partitions: Mapping[str, int] | None = None,
+                    details: Mapping[str, str] | None = None) -> FlowGraph:
+        """The same graph and layout with stage ``states`` (and partition counts) replaced."""
+        partitions, details = partitions or {}, details or {}
+        nodes = {k: Node(n.id, n.kind, n.label, states.get(n.label, n.state), partitions.get(n.label, n.partitions),
+                         details.get(n.label, n.detail)) if n.kind == "stage" else n
                  for k, n in self.nodes.items()}
         return FlowGraph(self.flow, nodes, self.edges, self.positions)
 
