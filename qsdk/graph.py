@@ -206,7 +206,7 @@ def to_svg(graph: FlowGraph) -> str:
     width, height = _extent(graph)
     legend = [s for s in COLORS if any(n.state == s for n in graph.nodes.values() if n.kind == "stage")]
     height += 34 if legend else 0
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="qsdk-graph" data-flow="{_e(graph.flow)}" '
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="qsdk-flow-graph" data-flow="{_e(graph.flow)}" '
            f'width="{width:.0f}" height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" '
            'font-family="DejaVu Sans, Arial, sans-serif" font-size="12">',
            '<defs><marker id="qsdk-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
