@@ -137,6 +137,14 @@ def test_a_fresh_clone_is_a_dvc_project(tmp_path):
     first = sh("dvc", "repro", "ingest_prices")
     assert "Running stage 'ingest_prices'" in first and "cached" in first  # no lock yet: DVC asks qsdk
     assert "didn't change" in sh("dvc", "repro", "ingest_prices")
+    # QSDK_DVC_REMOTE points the committed qsdk-local remote elsewhere, in .dvc/config.local only
+    from qsdk.versioning import dvc
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QSDK_DVC_REMOTE", str(tmp_path / "remote"))
+        assert dvc.ensure_remote(clone) == "qsdk-local"
+    assert str(tmp_path / "remote") in sh("dvc", "remote", "list")
+    assert "~/.cache/qsdk/dvc-remote" in (clone / ".dvc" / "config").read_text()
 
 
 def test_output_into_a_closed_pipe_ends_quietly():
