@@ -13,7 +13,9 @@ Each YAML file may hold any of four top-level keys::
                       ttl: 10d, features: [...]}}   (feature views, see qsdk.featurestore)
 
 Errors found here (unknown table, missing notebook, a table written by two stages, a cycle)
-are raised when the registry loads, before anything runs.
+are found when the registry loads, before anything runs, and break only what needs them: each
+is kept as a :class:`Problem` (``qsdk check`` lists them all), and looking the broken name up
+raises its error, while every other table, stage, flow and feature view loads and runs.
 """
 
 from __future__ import annotations
