@@ -53,6 +53,9 @@ def test_broken_entries_are_listed_checked_and_refused_while_other_flows_run(bro
     out = capsys.readouterr().out
     assert "notag  BROKEN:" in out and "no parameters cell" in out and "  good\n" in out
 
+    assert qsdk(broken, "show", "comp") == 0
+    assert "out_dir: str = <computed: os.path.join('a', 'b')>, y: str = <computed: x * 2>" in capsys.readouterr().out
+
     assert qsdk(broken, "run", "f_ghost", "--executor", "local", "--no-track") == 2
     assert "which is broken" in capsys.readouterr().err
     assert not (broken.root / "runs").exists()  # refused before any run folder or kernel
