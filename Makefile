@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 FLOWS  := $(shell sed -n 's/^  \([a-z_][a-z0-9_]*\):$$/\1/p' pipelines/*.yaml 2>/dev/null)
 
-.PHONY: install test test-fast test-reliability lint bench lab clean flow-% mlflow-ui snapshot dvc-sync
+.PHONY: install test test-fast test-reliability lint bench lab clean flow-% mlflow-ui snapshot dvc-sync \
+        qsdk check dvc-dag dvc-repro
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,10 +52,25 @@ mlflow-ui: $(STAMP)
 		--backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts
 
 ## make snapshot NAME=gold [TABLES="silver.prices ..."]: freeze tables into a DVC-tracked golden
-## snapshot (snapshots/NAME.dvc; needs `dvc init` once) and push it to the default DVC remote
+## snapshot (snapshots/NAME.dvc) and push it to the default DVC remote (.dvc/config: qsdk-local)
 snapshot: $(STAMP)
 	@test -n "$(NAME)" || { echo 'usage: make snapshot NAME=... [TABLES="layer.table ..."]' >&2; exit 2; }
 	$(QSDK) snapshot create $(NAME) $(TABLES)
+
+## make qsdk ARGS="list": any qsdk command without activating the venv (or: source .venv/bin/activate)
+qsdk: $(STAMP)
+	$(QSDK) $(ARGS)
+
+## make check: every problem of the registry and its notebooks (exit 1 if any; for CI and pre-commit)
+check: $(STAMP)
+	$(QSDK) check
+
+## make dvc-dag / make dvc-repro: DVC's view of the same pipeline (its stages call the venv's qsdk)
+dvc-dag: $(STAMP)
+	$(VENV)/bin/dvc dag $(ARGS)
+
+dvc-repro: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro $(ARGS)
 
 ## make dvc-sync: regenerate dvc.yaml (and seed params.yaml) from pipelines/ after a registry change
 dvc-sync: $(STAMP)

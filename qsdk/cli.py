@@ -48,9 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not record the run in MLflow (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
 
     sub.add_parser("list", help="list flows and their stages").add_argument("--json", action="store_true")
-    show = sub.add_parser("show", help="show a flow's stages, tables and parameters")
+    show = sub.add_parser("show", help="show a flow's stages, tables and parameters, or draw it")
     show.add_argument("flow")
     show.add_argument("--json", action="store_true")
+    _add_picture_options(show)
+    _add_check(sub)
+    _add_runs(sub)
     status = sub.add_parser("status", help="per stage and partition: cached, stale (and why), or never run")
     status.add_argument("flow")
     status.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
@@ -69,12 +72,38 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("--version", type=int, help="table version (default: the latest)")
     lineage.add_argument("--json", action="store_true")
     repro = sub.add_parser("reproduce", help="re-run a tracked run on its recorded input versions and compare")
-    repro.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a flow, stage or partition run")
+    repro.add_argument("run_id", metavar="RUN_ID",
+                       help="a qsdk run id (as `qsdk run` prints it; `qsdk runs` lists them), RUN_ID:STAGE, "
+                            "RUN_ID:STAGE:PARTITION, or the MLflow run id of a flow, stage or partition run")
     repro.add_argument("--check", action="store_true", help="exit 1 when an output differs")
     repro.add_argument("--executor", default="local", help="local (default) or ray")
     repro.add_argument("--json", action="store_true")
     _add_versioning(sub)
     return parser
+
+
+def _add_picture_options(show: Any) -> None:
+    show.add_argument("--format", choices=("text", "mermaid", "svg", "png"), default="text",
+                      help="text (default), or draw the DAG of stages and tables: mermaid or svg "
+                           "(to stdout, or -o FILE), png (-o FILE, default FLOW.png)")
+    show.add_argument("-o", "--output", metavar="FILE", help="write the picture to FILE")
+    show.add_argument("--run", metavar="RUN_ID", help="colour stages by how this run went "
+                                                      "(default: by `qsdk status`)")
+    show.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                      help="parameters for the status the stages are coloured by")
+
+
+def _add_check(sub: Any) -> None:
+    check = sub.add_parser("check", help="validate the registry and every stage notebook; print every problem "
+                                         "(exit 1 if any)")
+    check.add_argument("--json", action="store_true")
+
+
+def _add_runs(sub: Any) -> None:
+    runs = sub.add_parser("runs", help="recent runs: id, flow, status, start, duration, MLflow run id")
+    runs.add_argument("flow", nargs="?", help="only this flow's runs")
+    runs.add_argument("-n", "--limit", type=int, default=20, help="how many (default 20, newest first)")
+    runs.add_argument("--json", action="store_true")
 
 
 def _add_versioning(sub: Any) -> None:
@@ -110,7 +139,11 @@ def _add_versioning(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, so that a closed pipe surfaces below and not at exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except FlowFailed as exc:
         print(f"qsdk: {exc}", file=sys.stderr)
         return 1
@@ -119,6 +152,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"qsdk: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _closed_pipe() -> int:
+    """The reader went away (``qsdk tables --json | head``): stop quietly, as ``cat`` does.
+
+    stdout is pointed at /dev/null so the interpreter's final flush cannot raise again; the
+    exit code is what a process killed by SIGPIPE reports (128 + 13).
+    """
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 def _sdk(args: argparse.Namespace):
@@ -130,7 +176,8 @@ def _sdk(args: argparse.Namespace):
 def _dispatch(args: argparse.Namespace) -> int:
     handler = {"run": _run, "list": _list, "show": _show, "tables": _tables, "lineage": _lineage,
                "reproduce": _reproduce, "status": _status, "dvc": _dvc, "snapshot": _snapshot,
-               "features": _features, "restore": _restore}[args.command]
+               "features": _features, "restore": _restore, "check": _check,
+               "runs": _runs}[args.command]
     return handler(args)
 
 
@@ -155,17 +202,62 @@ def _run(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     reg = _sdk(args).registry
-    rows = [{"flow": f.name, "stages": list(f.order()), "description": f.description} for f in reg.flows.values()]
+    rows: list[dict[str, Any]] = [{"flow": f.name, "stages": list(f.order()), "description": f.description}
+                                  for f in reg.flows.values()]
+    rows += [{"flow": p.name, "stages": list(p.stages), "description": "", "broken": p.message}
+             for p in reg.problems if p.kind == "flow"]
     if args.json:
         print(json.dumps(rows))
-    else:
-        for row in rows:
+        return 0
+    for row in rows:
+        if "broken" in row:
+            print(f"{row['flow']:<16} BROKEN: {row['broken']}")
+        else:
             print(f"{row['flow']:<16} {' -> '.join(row['stages'])}")
+    _problems_hint(reg)
+    return 0
+
+
+def _problems_hint(reg: Any) -> None:
+    if reg.problems:
+        print(f"qsdk: {len(reg.problems)} problem(s) in the registry; `qsdk check` lists them", file=sys.stderr)
+
+
+def _check(args: argparse.Namespace) -> int:
+    problems = _sdk(args).check()
+    if args.json:
+        print(json.dumps([p.to_dict() for p in problems]))
+    elif problems:
+        for p in problems:
+            print(f"{p.kind} {p.name}: {p.message}")
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+    else:
+        print("registry OK: every table, stage, flow and feature view loads")
+    return 1 if problems else 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    runs = _sdk(args).runs(flow=args.flow, limit=args.limit)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in runs]))
+        return 0
+    print(f"{'run id':<24} {'flow':<12} {'status':<10} {'started (UTC)':<20} {'duration':>9}  mlflow run id")
+    for r in runs:
+        took = "-" if r.duration_s is None else f"{r.duration_s:.1f}s"
+        print(f"{r.run_id:<24} {r.flow:<12} {r.status:<10} {r.started[:19].replace('T', ' '):<20} {took:>9}  "
+              f"{r.mlflow_run_id or '-'}")
+    if not runs:
+        print("(no runs yet: `qsdk run FLOW` starts one)")
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
+    if args.format != "text":
+        return _picture(args)
     reg = _sdk(args).registry
+    broken = reg.problem("flow", args.flow)
+    if broken is not None:
+        return _show_broken(reg, broken, as_json=args.json)
     flow = reg.flow(args.flow)
     deps = flow.dependencies()
     info: dict[str, Any] = {
@@ -179,17 +271,66 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     print(f"flow {flow.name}: {flow.description}")
     for name in info["order"]:
-        stage = info["stages"][name]
-        part = f" (partitioned by {stage['partition']})" if stage["partition"] else ""
-        print(f"  {name}{part}")
-        print(f"    after:   {', '.join(stage['after']) or '-'}")
-        print(f"    reads:   {', '.join(stage['inputs']) or '-'}")
-        print(f"    writes:  {', '.join(stage['outputs']) or '-'}")
-        params = ", ".join(
-            f"{p['name']}: {p['type']}" + ("" if p["required"] else f" = {p['default']!r}")
-            for p in stage["parameters"].values()
-        )
-        print(f"    params:  {params or '-'}")
+        _print_stage(info["stages"][name])
+    return 0
+
+
+def _picture(args: argparse.Namespace) -> int:
+    from qsdk import graph as G
+    from qsdk.errors import ParameterError
+
+    sdk = _sdk(args)
+    try:
+        graph = sdk.graph(args.flow, params=_parse_params(args.param), run_id=args.run)
+    except ParameterError as exc:  # e.g. daily without -p date=...: draw it, uncoloured
+        print(f"qsdk: stages not coloured: {exc}", file=sys.stderr)
+        graph = sdk.graph(args.flow, states=False)
+    if args.format == "png":
+        out = G.to_png(graph, args.output or f"{args.flow}.png")
+        print(f"wrote {out}")
+        return 0
+    text = G.to_mermaid(graph) if args.format == "mermaid" else G.to_svg(graph)
+    if args.output:
+        from pathlib import Path
+
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _print_stage(stage: dict[str, Any]) -> None:
+    part = f" (partitioned by {stage['partition']})" if stage["partition"] else ""
+    print(f"  {stage['name']}{part}")
+    print(f"    after:   {', '.join(stage['after']) or '-'}")
+    print(f"    reads:   {', '.join(stage['inputs']) or '-'}")
+    print(f"    writes:  {', '.join(stage['outputs']) or '-'}")
+    params = ", ".join(
+        f"{p['name']}: {p['type']}" + (f" = <computed: {p['computed']}>" if p.get("computed") else
+                                      "" if p["required"] else f" = {p['default']!r}")
+        for p in stage["parameters"].values()
+    )
+    print(f"    params:  {params or '-'}")
+
+
+def _show_broken(reg: Any, broken: Any, *, as_json: bool) -> int:
+    """A broken flow: its error, then each declared stage, the broken ones with theirs."""
+    stages: dict[str, Any] = {}
+    for name in broken.stages:
+        problem = reg.problem("stage", name)
+        stages[name] = ({"name": name, "broken": problem.message} if problem is not None else
+                        {**reg.stages[name].describe(), "after": []} if name in reg.stages else
+                        {"name": name, "broken": "not declared"})
+    if as_json:
+        print(json.dumps({"flow": broken.name, "broken": broken.message, "stages": stages}, default=str))
+        return 0
+    print(f"flow {broken.name}: BROKEN: {broken.message}")
+    for stage in stages.values():
+        if "broken" in stage:
+            print(f"  {stage['name']}  BROKEN: {stage['broken']}")
+        else:
+            _print_stage(stage)
     return 0
 
 
@@ -277,6 +418,11 @@ def _dvc(args: argparse.Namespace) -> int:
     from qsdk import versioning
 
     sdk = _sdk(args)
+    if args.dvc_command == "sync" and sdk.registry.problems:  # would silently leave the broken stages out
+        from qsdk.errors import RegistryError
+
+        raise RegistryError(f"dvc.yaml is not synced while the registry has {len(sdk.registry.problems)} "
+                            f"problem(s): {sdk.registry.problems[0].message} (`qsdk check` lists them)")
     if args.dvc_command == "sync":
         report = versioning.sync(sdk.registry, check=args.check)
         if args.check and not report.in_step:

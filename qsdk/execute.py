@@ -186,8 +186,19 @@ def _papermill(task: Task, context_path: Path, km: Any) -> None:
             reason="error", cell_index=index, exec_count=exc.exec_count, ename=exc.ename, evalue=exc.evalue,
         ) from None
     except CellTimeoutError as exc:
-        raise _failed(task, f"a cell ran longer than the stage timeout of {task.timeout} s",
-                      reason="timeout", ename="CellTimeoutError", evalue=_first_line(str(exc))) from None
+        # which cell: the last one papermill started (it marks even the timed-out one "completed")
+        from qsdk.nbfile import read_cells
+
+        try:
+            cells = read_cells(task.output_notebook)
+        except (OSError, ValueError):
+            cells = []
+        started = [i for i, c in enumerate(cells) if (c["metadata"].get("papermill") or {}).get("start_time")]
+        index = _source_cell_index(task.output_notebook, started[-1]) if started else None
+        where = f"cell {index} (`{_first_line(cells[started[-1]]['source'])}`)" if started else "a cell"
+        raise _failed(task, f"{where} ran longer than the stage timeout of {task.timeout} s",
+                      reason="timeout", cell_index=index, ename="CellTimeoutError",
+                      evalue=_first_line(str(exc))) from None
     except DeadKernelError as exc:
         raise _failed(task, "the kernel died (killed, out of memory, or crashed)",
                       reason="kernel_died", ename="DeadKernelError", evalue=_first_line(str(exc))) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import graphlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from typing import Any
 
 from qsdk.errors import FlowCycleError, ParameterError, UnknownNameError
@@ -160,8 +161,11 @@ class Flow:
         for key in broadcast:
             if key not in self.parameter_names() and key not in self.defaults:
                 known = ", ".join(sorted(self.parameter_names())) or "(none)"
+                names = [*self.parameter_names(), *(b.name for b in self.bindings)]
+                hint = get_close_matches(key, names, n=1)
+                suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
                 raise ParameterError(
-                    f"flow {self.name!r}: no stage declares parameter {key!r} (declared: {known}); "
+                    f"flow {self.name!r}: no stage declares parameter {key!r}{suggestion} (declared: {known}); "
                     "use STAGE.NAME to target one stage",
                     flow=self.name,
                     parameter=key,

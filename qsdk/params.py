@@ -23,7 +23,7 @@ import io
 import json
 import re
 import tokenize
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +34,7 @@ from qsdk.nbfile import read_cells, tags
 Kind = Literal["str", "int", "float", "bool", "date", "list", "any"]
 _SCALARS = {"str", "int", "float", "bool", "date"}
 _MISSING = object()
+NONE_TOKEN = "None"  # the one command-line token that means None, and only for `X | None` parameters
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -62,10 +63,14 @@ class ParamSpec:
     type: ParamType
     default: Any = field(default=_MISSING, compare=False)
     help: str = ""
+    # a computed default (`out_dir = os.path.join(root, "x")`): its source, never evaluated here,
+    # and the other parameters of the cell it reads
+    computed: str = field(default="", compare=False)
+    uses: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def required(self) -> bool:
-        return self.default is _MISSING
+        return self.default is _MISSING and not self.computed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,7 +79,8 @@ class ParamSpec:
             "kind": self.type.kind,
             "choices": list(self.type.choices) if self.type.choices is not None else None,
             "required": self.required,
-            "default": None if self.required else self.default,
+            "default": None if self.required or self.computed else self.default,
+            "computed": self.computed or None,
             "help": self.help,
         }
 
@@ -123,7 +129,15 @@ def parse_parameters_source(source: str, *, origin: str = "<parameters>") -> dic
         spec = _spec_from_node(node, comments, origin)
         if spec is not None:
             specs[spec.name] = spec
-    return specs
+    return {name: _with_uses(spec, specs) for name, spec in specs.items()}
+
+
+def _with_uses(spec: ParamSpec, specs: dict[str, ParamSpec]) -> ParamSpec:
+    """A computed default's ``uses``: the other parameters its expression reads."""
+    if not spec.computed:
+        return spec
+    names = {n.id for n in ast.walk(ast.parse(spec.computed, mode="eval")) if isinstance(n, ast.Name)}
+    return replace(spec, uses=tuple(n for n in specs if n in names and n != spec.name))
 
 
 def _line_comments(source: str) -> dict[int, str]:
@@ -157,11 +171,9 @@ def _spec_from_node(node: ast.stmt, comments: dict[int, str], origin: str) -> Pa
     if value is not None:
         try:
             default = ast.literal_eval(value)
-        except ValueError as exc:
-            raise RegistryError(
-                f"{origin}: default of parameter {name!r} must be a literal (number, string, "
-                f"list, bool, None), got `{ast.unparse(value)}`"
-            ) from exc
+        except (ValueError, TypeError):  # computed in the notebook; never evaluated here
+            ptype = _type_from_annotation(annotation, origin, name) if annotation else ParamType("str")
+            return ParamSpec(name, ptype, help=comments.get(node.lineno, ""), computed=ast.unparse(value))
     ptype = _type_from_annotation(annotation, origin, name) if annotation else _infer(default)
     if default is not _MISSING and default is not None:
         default = coerce(ParamSpec(name, ptype), default, stage=origin)
@@ -230,10 +242,14 @@ def coerce(spec: ParamSpec, value: Any, *, stage: str) -> Any:
 
 
 def _coerce(ptype: ParamType, value: Any) -> Any:
-    if value is None or (isinstance(value, str) and value.strip().lower() in {"none", "null"}):
+    """``None`` (from a YAML ``null`` or a notebook default) and the string ``"None"`` mean None,
+    and only for an optional type; any other string, ``"none"`` and ``"null"`` included, is a value."""
+    if value is None or (ptype.optional and isinstance(value, str) and value.strip() == NONE_TOKEN):
         if ptype.optional:
             return None
-        raise ValueError("a value is required")
+        raise ValueError("a value is required; only a parameter typed `X | None` takes None")
+    if isinstance(value, str) and value.strip() == NONE_TOKEN and ptype.kind not in ("str", "any"):
+        raise ValueError("only a parameter typed `X | None` takes None")
     converted = _coerce_kind(ptype, value)
     if ptype.choices is not None and converted not in ptype.choices:
         raise ValueError("not one of the allowed choices")
@@ -303,11 +319,14 @@ def _short(value: Any) -> str:
 
 
 def validate(
-    specs: dict[str, ParamSpec], values: dict[str, Any], *, stage: str
+    specs: dict[str, ParamSpec], values: dict[str, Any], *, stage: str, overridden: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """Check ``values`` against ``specs``; return the full, coerced parameter set.
 
-    Unknown names and missing required values are errors. Defaults fill in the rest.
+    Unknown names and missing required values are errors. Defaults fill in the rest; a computed
+    default is left out (the notebook computes it) unless a parameter it reads is set here to
+    another value than its default, or in ``overridden`` (set later, such as a partition's
+    dates): see :func:`_derived`.
     """
     for name in values:
         if name not in specs:
@@ -323,6 +342,8 @@ def validate(
     for name, spec in specs.items():
         if name in values:
             resolved[name] = coerce(spec, values[name], stage=stage)
+        elif spec.computed:
+            continue  # checked below, once the values it may read are coerced
         elif spec.required:
             raise ParameterError(
                 f"stage {stage!r}: parameter {name!r} is required ({spec.type.describe()}); "
@@ -332,7 +353,27 @@ def validate(
             )
         else:
             resolved[name] = spec.default
-    return resolved
+    changed = {n for n, v in resolved.items() if n in values and (specs[n].computed or v != specs[n].default)}
+    for spec in specs.values():
+        if spec.computed and spec.name not in values:
+            _derived(spec, changed | set(overridden), stage=stage)
+    return {n: resolved[n] for n in specs if n in resolved}
+
+
+def _derived(spec: ParamSpec, given: set[str], *, stage: str) -> None:
+    """A computed default is derived in the kernel, from the cell's own defaults: papermill injects
+    the values passed *after* the parameters cell. So when a parameter it reads is given a
+    value other than its default (``given``), the computed one would be stale, and it must be
+    given too."""
+    stale = [u for u in spec.uses if u in given]
+    if stale:
+        raise ParameterError(
+            f"stage {stage!r}: parameter {spec.name!r} is computed in the parameters cell "
+            f"(`{spec.name} = {spec.computed}`) from {', '.join(stale)}, which this run sets; "
+            "papermill injects values after that cell, so it would keep the value computed from "
+            f"the defaults. Pass it too (-p {spec.name}=...) or compute it in a later cell",
+            stage=stage, parameter=spec.name,
+        )
 
 
 def parse_pairs(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:

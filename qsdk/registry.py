@@ -13,21 +13,24 @@ Each YAML file may hold any of four top-level keys::
                       ttl: 10d, features: [...]}}   (feature views, see qsdk.featurestore)
 
 Errors found here (unknown table, missing notebook, a table written by two stages, a cycle)
-are raised when the registry loads, before anything runs.
+are found when the registry loads, before anything runs, and break only what needs them: each
+is kept as a :class:`Problem` (``qsdk check`` lists them all), and looking the broken name up
+raises its error, while every other table, stage, flow and feature view loads and runs.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 import yaml
 
 from qsdk import params as P
 from qsdk.config import Config
-from qsdk.errors import RegistryError, UnknownNameError
+from qsdk.errors import QsdkError, RegistryError, UnknownNameError
 from qsdk.featurestore import FeatureView, parse_view
 from qsdk.flow import Binding, Flow
 from qsdk.lakehouse.contract import TableSpec
@@ -40,42 +43,98 @@ _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _FLOW_KEYS = {"stages", "parameters", "description", "bind"}
 
 
+Kind = Literal["file", "table", "stage", "flow", "feature view"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken entry of the registry, kept with its error instead of failing the whole load.
+
+    ``inputs``/``outputs``: a broken stage's declared tables, as far as its entry lists them;
+    ``stages``: a broken flow's declared stages (so ``qsdk show`` can still draw them).
+    """
+
+    kind: Kind
+    name: str
+    error: QsdkError
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    stages: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        return str(self.error)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "error": self.message,
+                "error_type": type(self.error).__name__}
+
+    def raise_(self) -> NoReturn:
+        """Raise a fresh copy of the stored error (same class and fields)."""
+        raise type(self.error)(self.error.message, **self.error.fields)
+
+
 @dataclass(frozen=True)
 class Registry:
+    """Every valid table, stage, flow and feature view; each broken one is a :class:`Problem`.
+
+    One bad notebook or entry breaks only what needs it: the entry itself, the stages that read
+    or write a broken table, and the flows that list a broken stage. Looking a broken name up
+    (:meth:`flow`, :meth:`stage`...) raises its error, so a run that needs it fails before any
+    kernel starts, while every other flow runs.
+    """
+
     tables: dict[str, TableSpec]
     stages: dict[str, Stage]
     flows: dict[str, Flow]
     root: Path
     features: dict[str, FeatureView] = field(default_factory=dict)
+    problems: tuple[Problem, ...] = ()
 
     @classmethod
     def load(cls, config: Config | None = None) -> Registry:
         config = config or Config.load()
-        raw = _read_yaml_files(config.pipelines_dir)
-        tables = {name: _table(name, spec, origin) for name, (spec, origin) in raw["tables"].items()}
-        stages = {
-            name: _stage(name, spec, origin, tables, config.project_root)
-            for name, (spec, origin) in raw["stages"].items()
-        }
-        _check_single_writer(stages)
-        flows = {name: _flow(name, spec, origin, stages) for name, (spec, origin) in raw["flows"].items()}
-        features = {name: parse_view(name, spec, origin, tables) for name, (spec, origin) in raw["features"].items()}
-        return cls(tables=tables, stages=stages, flows=flows, root=config.project_root, features=features)
+        raw, problems = _read_yaml_files(config.pipelines_dir)
+        tables = _build("table", raw["tables"], problems, _table)
+        broken_tables = {p.name: p for p in problems if p.kind == "table"}
+        stages = _build("stage", raw["stages"], problems, lambda name, spec, origin: _stage(
+            name, spec, origin, tables, config.project_root, broken_tables))
+        _check_single_writer(stages, problems)
+        broken_stages = {p.name: p for p in problems if p.kind == "stage"}
+        flows = _build("flow", raw["flows"], problems,
+                       lambda name, spec, origin: _flow(name, spec, origin, stages, broken_stages))
+        features = _build("feature view", raw["features"], problems,
+                          lambda name, spec, origin: parse_view(name, spec, origin, tables))
+        return cls(tables=tables, stages=stages, flows=flows, root=config.project_root, features=features,
+                   problems=tuple(problems))
 
     def flow(self, name: str) -> Flow:
-        return _lookup(self.flows, name, "flow")
+        return self._lookup(self.flows, name, "flow")
 
     def stage(self, name: str) -> Stage:
-        return _lookup(self.stages, name, "stage")
+        return self._lookup(self.stages, name, "stage")
 
     def table(self, name: str) -> TableSpec:
-        return _lookup(self.tables, name, "table")
+        return self._lookup(self.tables, name, "table")
 
     def feature_view(self, name: str) -> FeatureView:
-        return _lookup(self.features, name, "feature view")
+        return self._lookup(self.features, name, "feature view")
 
     def writer_of(self, table: str) -> Stage | None:
         return next((s for s in self.stages.values() if table in s.outputs), None)
+
+    def problem(self, kind: Kind, name: str) -> Problem | None:
+        """The problem that broke ``name`` (a ``kind``), or None when it loaded."""
+        return next((p for p in self.problems if p.kind == kind and p.name == name), None)
+
+    def flow_names(self) -> list[str]:
+        """Every declared flow, valid or broken, in declaration order."""
+        return [*self.flows, *(p.name for p in self.problems if p.kind == "flow")]
+
+    def _lookup(self, mapping: dict[str, Any], name: str, kind: Kind) -> Any:
+        if name not in mapping and (broken := self.problem(kind, name)) is not None:
+            broken.raise_()
+        return _lookup(mapping, name, kind)
 
 
 def _lookup(mapping: dict[str, Any], name: str, kind: str) -> Any:
@@ -86,29 +145,82 @@ def _lookup(mapping: dict[str, Any], name: str, kind: str) -> Any:
         raise UnknownNameError(f"unknown {kind} {name!r}; known {kind}s: {known}", known=sorted(mapping)) from None
 
 
-def _read_yaml_files(folder: Path) -> dict[str, dict[str, tuple[Any, str]]]:
-    found: dict[str, dict[str, tuple[Any, str]]] = {"tables": {}, "stages": {}, "flows": {}, "features": {}}
+_Raw = dict[str, tuple[Any, str]]
+
+
+def _build(kind: Kind, raw: _Raw, problems: list[Problem], make: Callable[[str, Any, str], Any]) -> dict[str, Any]:
+    """``make`` each entry; an entry that fails becomes a :class:`Problem` and is left out."""
+    out: dict[str, Any] = {}
+    for name, (spec, origin) in raw.items():
+        if isinstance(spec, QsdkError):  # declared twice
+            problems.append(Problem(kind, name, spec))
+            continue
+        try:
+            if not isinstance(spec, dict):
+                raise RegistryError(f"{origin}: {kind} {name!r}: expected a mapping, got {_short(spec)}")
+            out[name] = make(name, spec, origin)
+        except (QsdkError, TypeError, ValueError, AttributeError) as exc:  # an entry of the wrong shape
+            if not isinstance(exc, QsdkError):
+                exc = RegistryError(f"{origin}: {kind} {name!r}: {type(exc).__name__}: {exc}")
+            problems.append(Problem(kind, name, exc, inputs=_names(spec, "inputs"), outputs=_names(spec, "outputs"),
+                                    stages=_names(spec, "stages")))
+    return out
+
+
+def _names(spec: Any, key: str) -> tuple[str, ...]:
+    values = spec.get(key) if isinstance(spec, dict) else None
+    return tuple(v for v in values if isinstance(v, str)) if isinstance(values, list) else ()
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read_yaml_files(folder: Path) -> tuple[dict[str, _Raw], list[Problem]]:
+    """Entries per section, each ``(spec, file name)``; a name declared twice maps to its error
+    instead, and a file that is not valid YAML is a ``file`` problem (its entries are unknown)."""
+    found: dict[str, _Raw] = {"tables": {}, "stages": {}, "flows": {}, "features": {}}
+    problems: list[Problem] = []
     files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
     if not files:
         raise RegistryError(f"no registry files (*.yaml) in {folder}")
     for path in files:
         try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise RegistryError(f"{path}: invalid YAML: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise RegistryError(f"{path}: expected a mapping with tables/stages/flows")
-        unknown = set(doc) - set(found)
-        if unknown:
-            raise RegistryError(f"{path}: unknown top-level key(s) {sorted(unknown)}; use tables, stages, flows, features")
+            doc = _read_doc(path, set(found))
+        except RegistryError as exc:
+            problems.append(Problem("file", path.name, exc))
+            continue
         for section, entries in doc.items():
             for name, spec in (entries or {}).items():
                 if name in found[section]:
-                    raise RegistryError(
-                        f"{section[:-1]} {name!r} is declared twice: in {found[section][name][1]} and {path.name}"
-                    )
+                    prev, origin = found[section][name]
+                    first = prev.fields["first"] if isinstance(prev, QsdkError) else origin
+                    found[section][name] = (RegistryError(
+                        f"{section[:-1]} {name!r} is declared twice: in {first} and {path.name}; keep one",
+                        first=first), path.name)
+                    continue
                 found[section][name] = (spec or {}, path.name)
-    return found
+    return found, problems
+
+
+def _read_doc(path: Path, sections: set[str]) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:  # one line: where, and what the parser expected
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RegistryError(f"{path}: invalid YAML{where}: {what}") from exc
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{path}: expected a mapping with tables/stages/flows")
+    unknown = set(doc) - sections
+    if unknown:
+        raise RegistryError(f"{path}: unknown top-level key(s) {sorted(unknown)}; use tables, stages, flows, features")
+    bad = [k for k, v in doc.items() if v is not None and not isinstance(v, dict)]
+    if bad:
+        raise RegistryError(f"{path}: {', '.join(bad)} must map names to entries")
+    return doc
 
 
 def _table(name: str, spec: dict[str, Any], origin: str) -> TableSpec:
@@ -122,11 +234,12 @@ def _table(name: str, spec: dict[str, Any], origin: str) -> TableSpec:
         )
     except RegistryError as exc:
         raise RegistryError(f"{origin}: {exc}") from None
-    except Exception as exc:  # TableNameError and friends
+    except (QsdkError, TypeError, ValueError, AttributeError) as exc:  # TableNameError, a non-mapping columns:
         raise RegistryError(f"{origin}: table {name!r}: {exc}") from None
 
 
-def _stage(name: str, spec: dict[str, Any], origin: str, tables: dict[str, TableSpec], root: Path) -> Stage:
+def _stage(name: str, spec: dict[str, Any], origin: str, tables: dict[str, TableSpec], root: Path,
+           broken_tables: Mapping[str, Problem]) -> Stage:
     where = f"{origin}: stage {name!r}"
     unknown = set(spec) - _STAGE_KEYS
     if unknown:
@@ -140,6 +253,8 @@ def _stage(name: str, spec: dict[str, Any], origin: str, tables: dict[str, Table
     for key in ("inputs", "outputs"):
         names = tuple(spec.get(key) or ())
         for table in names:
+            if table in broken_tables:
+                raise RegistryError(f"{where}: {key[:-1]} table {table!r} is broken: {broken_tables[table].message}")
             if table not in tables:
                 raise RegistryError(
                     f"{where}: {key[:-1]} table {table!r} is not declared under tables:; "
@@ -232,25 +347,36 @@ def _not_local(modules: tuple[str, ...], notebook: Path) -> tuple[str, ...]:
                                             or (here / m.split(".")[0]).is_dir()))
 
 
-def _check_single_writer(stages: dict[str, Stage]) -> None:
-    writers: dict[str, str] = {}
+def _check_single_writer(stages: dict[str, Stage], problems: list[Problem]) -> None:
+    """A table written by two stages breaks both: which one is right is not ours to guess."""
+    writers: dict[str, list[str]] = {}
     for stage in stages.values():
         for table in stage.outputs:
-            if table in writers:
-                raise RegistryError(
-                    f"table {table!r} is written by two stages, {writers[table]!r} and {stage.name!r}: "
-                    "each table has exactly one writer"
-                )
-            writers[table] = stage.name
+            writers.setdefault(table, []).append(stage.name)
+    for table, names in writers.items():
+        if len(names) < 2:
+            continue
+        error = (f"table {table!r} is written by two stages, {names[0]!r} and {names[1]!r}: "
+                 "each table has exactly one writer")
+        for name in names:
+            if name in stages:
+                stage = stages.pop(name)
+                problems.append(Problem("stage", name, RegistryError(f"stage {name!r}: {error}"),
+                                        inputs=stage.inputs, outputs=stage.outputs))
 
 
-def _flow(name: str, spec: dict[str, Any], origin: str, stages: dict[str, Stage]) -> Flow:
+def _flow(name: str, spec: dict[str, Any], origin: str, stages: dict[str, Stage],
+          broken_stages: Mapping[str, Problem]) -> Flow:
     where = f"{origin}: flow {name!r}"
     unknown = set(spec) - _FLOW_KEYS
     if unknown:
         raise RegistryError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_FLOW_KEYS)}")
     members = []
     for stage_name in spec.get("stages") or ():
+        if stage_name in broken_stages:
+            raise RegistryError(f"flow {name!r} needs stage {stage_name!r}, which is broken: "
+                                f"{broken_stages[stage_name].message} (`qsdk check` lists every problem)",
+                                flow=name, stage=stage_name)
         if stage_name not in stages:
             raise RegistryError(f"{where}: unknown stage {stage_name!r}; known: {', '.join(sorted(stages))}")
         members.append(stages[stage_name])

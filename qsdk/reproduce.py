@@ -1,6 +1,7 @@
 """Reproduce a tracked run and check that its outputs come out identical.
 
-Given the MLflow run id of a flow, stage or partition run, :func:`reproduce`:
+Given a flow, stage or partition run (a qsdk run id, ``RUN_ID:STAGE[:PARTITION]`` or an MLflow
+run id), :func:`reproduce`:
 
 1. reads what the run recorded: its stages, their exact parameters (``qsdk.params`` tags) and
    the Delta versions each task read and wrote (``delta.read.*`` / ``delta.write.*`` tags);
@@ -20,8 +21,9 @@ it (the pre-run snapshot would then include or miss those rows).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,7 +116,7 @@ class ReproduceReport:
 
 
 def reproduce(
-    mlflow_run_id: str,
+    ref: str,
     *,
     config: Config,
     registry: Registry | None = None,
@@ -124,14 +126,19 @@ def reproduce(
 ) -> ReproduceReport:
     """Re-run a tracked flow/stage/partition run against its recorded input versions and compare.
 
-    The run is looked up in ``config.tracking_uri``; the current project's registry and
-    notebooks are what runs (so an edited notebook shows up as a difference).
+    ``ref``: any id a user sees (:func:`mlflow_run_of`): a qsdk run id, ``RUN_ID:STAGE``,
+    ``RUN_ID:STAGE:PARTITION``, or an MLflow run id. The run is looked up in
+    ``config.tracking_uri``; the current project's registry and notebooks are what runs (so an
+    edited notebook shows up as a difference).
     """
     from qsdk.tracking import MlflowTracking
 
+    mlflow_run_id = mlflow_run_of(ref, tracking_uri=config.tracking_uri)
     rec = recorded(mlflow_run_id, tracking_uri=config.tracking_uri)
     registry = registry or Registry.load(config)
-    flow = registry.flow(rec.flow).select(only=rec.stages)
+    # the recorded parameters are per stage and already expanded: a flow-level binding such as
+    # daily's `date` (required on the command line) has nothing left to do
+    flow = replace(registry.flow(rec.flow).select(only=rec.stages), bindings=())
     outputs = [t for s in flow.stages for t in s.outputs]
     external = sorted({t for s in flow.stages for t in s.inputs} - set(outputs))
     pins: dict[str, int] = {}
@@ -207,6 +214,72 @@ def _canonical(table: pa.Table):
 
 
 # ------------------------------------------------------------------ reading the record
+
+MLFLOW_ID = re.compile(r"^[0-9a-f]{32}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_.-]+$")  # what may go into an MLflow filter string unquoted
+
+
+def mlflow_run_of(ref: str, *, tracking_uri: str) -> str:
+    """The MLflow run id that ``ref`` names.
+
+    ``ref`` is an MLflow run id (32 hex digits), or a qsdk run id as ``qsdk run`` prints it and
+    ``qsdk runs`` lists it (its flow run), optionally ``:STAGE`` (that stage's run, every
+    partition) and ``:PARTITION`` (one partition, as ``qsdk status`` names them).
+    """
+    ref = ref.strip()
+    if MLFLOW_ID.match(ref):
+        return ref
+    run_id, _, rest = ref.partition(":")
+    stage, _, partition = rest.partition(":")
+    from qsdk import tracking
+
+    c = tracking.client(tracking_uri)
+    runs = _search_all(c, f"tags.`qsdk.run_id` = '{run_id}'") if _TOKEN.match(run_id) else []
+    if not runs:
+        raise UnknownNameError(
+            f"no tracked run {ref!r} in {tracking_uri}: pass a qsdk run id (`qsdk runs` lists them), "
+            "RUN_ID:STAGE[:PARTITION], or an MLflow run id; a run made with --no-track, or in which "
+            "every task was cached, recorded nothing to reproduce")
+    if not stage:
+        return _one(runs, ref, "flow", "its flow run")
+    stage_runs = [r for r in runs if r.data.tags.get("qsdk.stage") == stage]
+    if not stage_runs:
+        known = sorted({r.data.tags["qsdk.stage"] for r in runs if "qsdk.stage" in r.data.tags})
+        raise UnknownNameError(f"run {run_id} has no tracked stage {stage!r}; its stages: "
+                               f"{', '.join(known) or '(none ran)'}", known=known)
+    if not partition:
+        return _one(stage_runs, ref, "stage", "the stage run")
+    parts = [r for r in stage_runs if r.data.tags.get("qsdk.kind") == "partition"]
+    known = sorted(r.data.tags.get("qsdk.partition", "") for r in parts)
+    match = [r for r in parts if r.data.tags.get("qsdk.partition") == partition]
+    if not match:
+        raise UnknownNameError(f"stage {stage!r} of run {run_id} has no tracked partition {partition!r}; "
+                               f"its partitions: {', '.join(known) or '(not partitioned)'}", known=known)
+    return match[0].info.run_id
+
+
+def _one(runs: list[Any], ref: str, kind: str, what: str) -> str:
+    found = [r for r in runs if r.data.tags.get("qsdk.kind") == kind]
+    if not found:
+        raise UnknownNameError(f"{ref!r}: {what} is not in the tracking store")
+    return found[0].info.run_id
+
+
+def _search_all(c: Any, filter_string: str) -> list[Any]:
+    """Runs matching ``filter_string`` in every experiment (a qsdk run id does not name its flow)."""
+    experiments = [e.experiment_id for e in c.search_experiments(max_results=1000)]
+    out: list[Any] = []
+    for i in range(0, len(experiments), 100):
+        token = None
+        while True:
+            page = c.search_runs(experiments[i:i + 100], filter_string=filter_string, max_results=1000,
+                                 page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                break
+    return out
+
 
 
 def recorded(mlflow_run_id: str, *, tracking_uri: str) -> Recorded:

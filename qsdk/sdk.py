@@ -5,16 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qsdk.config import Config
 from qsdk.errors import ParameterError
 from qsdk.executors import Executor, get_executor
+from qsdk.history import RunSummary
 from qsdk.hooks import Hook
 from qsdk.lakehouse.loader import DataLoader
 from qsdk.lakehouse.tables import Lakehouse, TableInfo
-from qsdk.registry import Registry
+from qsdk.registry import Problem, Registry
 from qsdk.run import RunResult, run_flow
+
+if TYPE_CHECKING:
+    from qsdk.graph import FlowGraph
 
 
 class QuantSDK:
@@ -95,6 +99,62 @@ class QuantSDK:
         flow = self.registry.flow(name)
         cache = Cache(self.lakehouse, project_root=self.config.project_root)
         return flow_status(flow, flow.resolve(params), cache=cache)
+
+    def check(self) -> list[Problem]:
+        """Every problem of the registry and its stage notebooks (empty: all of it loads).
+
+        Loading already validates each notebook's parameters cell, registry defaults and
+        partitioning; a broken entry is kept as a :class:`~qsdk.registry.Problem` instead of
+        failing the load, and this lists them all at once.
+        """
+        return list(self.registry.problems)
+
+    def graph(self, name: str, *, params: Mapping[str, Any] | None = None, run_id: str | None = None,
+              states: bool = True) -> FlowGraph:
+        """Flow ``name`` as a laid-out graph of stages and tables (:mod:`qsdk.graph`).
+
+        Stages are coloured by what ``qsdk status`` says for ``params`` (cached, stale, never
+        run), or by how run ``run_id`` went; ``states=False`` leaves them uncoloured. A broken
+        flow is drawn too, its broken stages marked ``broken`` with their error.
+        """
+        from qsdk import graph as G
+
+        broken = self.registry.problem("flow", name)
+        if broken is not None:
+            return G.layout(self._broken_graph(broken))
+        flow = self.registry.flow(name)
+        stages = [(s.name, s.inputs, s.outputs) for s in flow.stages]
+        if run_id is not None:
+            from qsdk.history import run_record
+
+            record = run_record(self.config.runs_dir, run_id)
+            if record.get("flow") != name:
+                raise ParameterError(f"run {run_id} is a run of flow {record.get('flow')!r}, not {name!r}")
+            found = G.states_from_run(record)
+        else:
+            found = G.states_from_status(self.status(name, params=params)) if states else ({}, {}, {})
+        state, counts, details = found
+        return G.layout(G.flow_graph(stages, flow=name, states=state, partitions=counts, details=details))
+
+    def _broken_graph(self, broken: Problem) -> FlowGraph:
+        from qsdk import graph as G
+
+        stages, states, details = [], {}, {}
+        for stage in broken.stages:
+            problem = self.registry.problem("stage", stage)
+            if problem is not None:
+                stages.append((stage, problem.inputs, problem.outputs))
+                states[stage], details[stage] = "broken", problem.message
+            elif stage in self.registry.stages:
+                s = self.registry.stages[stage]
+                stages.append((stage, s.inputs, s.outputs))
+        return G.flow_graph(stages, flow=broken.name, states=states, details=details)
+
+    def runs(self, *, flow: str | None = None, limit: int | None = 20) -> list[RunSummary]:
+        """The last ``limit`` runs (of ``flow``), newest first, from ``runs/<run_id>/run.json``."""
+        from qsdk.history import list_runs
+
+        return list_runs(self.config.runs_dir, limit=limit, flow=flow)
 
     def tables(self) -> list[TableInfo]:
         lake = self.lakehouse

@@ -84,7 +84,8 @@ class Stage:
 
     def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
         """Validated parameters for one run: registry defaults, then ``values`` on top."""
-        resolved = P.validate(self.params, {**self.defaults, **values}, stage=self.name)
+        overridden = (self.partition.start, self.partition.end) if self.partition is not None else ()
+        resolved = P.validate(self.params, {**self.defaults, **values}, stage=self.name, overridden=overridden)
         if self.partition is not None:
             start, end = resolved.get(self.partition.start), resolved.get(self.partition.end)
             if start is None or end is None:

@@ -3,8 +3,12 @@
 The widget holds no pipeline logic: the form comes from the registry's typed parameters
 (``ParamSpec``), values are validated with ``Flow.resolve`` (the code a run uses), and Run
 calls ``QuantSDK.run_pipeline`` (what ``qsdk run`` calls) in a background thread, with a
-:class:`~qsdk.hooks.Hook` that moves the progress bars. Parameters left at their displayed
-default are not passed, exactly like ``-p`` options not given on the command line.
+:class:`~qsdk.hooks.Hook` that moves the progress bars and re-colours the flow's graph
+(``QuantSDK.graph``, the picture ``qsdk show --format svg`` draws). Parameters left at their
+displayed default are not passed, exactly like ``-p`` options not given on the command line.
+A parameter whose help text starts with ``CHOICE only:`` (``n_symbols: int = 20  # synthetic
+only: ...``), where CHOICE is a choice of a ``Literal`` parameter, is greyed out while that
+parameter is set to something else. The History tab lists the last runs (``QuantSDK.runs``).
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import html
 import os
+import re
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +31,7 @@ from qsdk.hooks import Hook
 
 if TYPE_CHECKING:
     from qsdk.flow import Flow
+    from qsdk.graph import FlowGraph
     from qsdk.run import RunResult
     from qsdk.sdk import QuantSDK
 
@@ -71,6 +78,10 @@ class Launcher(W.VBox):
         self.task_status: dict[str, dict[str | None, str]] = {}
         self.progress_box = W.VBox()
         self.links = W.Output()
+        self.graph_view = W.HTML()
+        self.history = W.HTML()
+        self._graph: FlowGraph | None = None
+        self._only: dict[str, tuple[str, Any]] = {}
         self.result: RunResult | None = None
         self.error: str | None = None
         self._initial: dict[str, Any] = {}
@@ -78,20 +89,20 @@ class Launcher(W.VBox):
         self._future: Future[RunResult | None] | None = None
         for widget, css in ((self.flow_picker, "qsdk-flow"), (self.executor_picker, "qsdk-executor"),
                             (self.run_button, "qsdk-run"), (self.status, "qsdk-status"),
-                            (self.validation, "qsdk-validation"), (self.links, "qsdk-links")):
+                            (self.validation, "qsdk-validation"), (self.links, "qsdk-links"),
+                            (self.graph_view, "qsdk-graph"), (self.history, "qsdk-history")):
             widget.add_class(css)
         self.flow_picker.observe(lambda _: self._build_form(), names="value")
         self.run_button.on_click(self._on_run)
+        run_tab = W.VBox([self.form, self.validation, W.HBox([self.executor_picker, self.track_box]),
+                          self.run_button, self.status, self.progress_box, self.links])
+        self.tabs = W.Tab(children=[run_tab, self.history], titles=("Run", "History"))
+        self.tabs.observe(lambda change: change["new"] == 1 and self.show_history(), names="selected_index")
         super().__init__([
             W.HTML("<b>qsdk launcher</b>"),
             W.HBox([self.flow_picker, self.flow_help]),
-            self.form,
-            self.validation,
-            W.HBox([self.executor_picker, self.track_box]),
-            self.run_button,
-            self.status,
-            self.progress_box,
-            self.links,
+            self.graph_view,
+            self.tabs,
         ])
         self.add_class("qsdk-launcher")
         self._build_form()
@@ -125,8 +136,27 @@ class Launcher(W.VBox):
         self.form.children = rows
         self.flow_help.value = f"<i>{html.escape(flow.description)}</i>"
         self._initial = {n: self._value(n) for n in self.fields}
+        self._link_choices(_parameters(flow))
         self._show_plan({})
+        self._load_graph()
         self.validate()
+
+    def _link_choices(self, params: list[tuple[str, dict[str, Any], Any]]) -> None:
+        """Grey out a ``CHOICE only:`` parameter while its choice is not selected."""
+        choices = {name: spec["choices"] for name, spec, _ in params if spec.get("choices")}
+        self._only = {}
+        for name, spec, _ in params:
+            match = _ONLY.match(spec.get("help") or "")
+            owner = next((c for c, options in choices.items() if match and match.group(1) in options), None)
+            if match and owner and owner != name:
+                self._only[name] = (owner, match.group(1))
+        for owner in {o for o, _ in self._only.values()}:
+            self.fields[owner].observe(lambda _: self._grey_out(), names="value")
+        self._grey_out()
+
+    def _grey_out(self) -> None:
+        for name, (owner, choice) in self._only.items():
+            self.fields[name].disabled = self.fields[owner].value != choice
 
     def _value(self, name: str) -> Any:
         value = self.fields[name].value
@@ -228,6 +258,31 @@ class Launcher(W.VBox):
             rows.append(W.HBox([bar, self.partitions[stage]]))
         self.progress_box.children = rows
 
+    def _load_graph(self) -> None:
+        """The flow's graph, coloured by ``qsdk status`` for the form's defaults when it can be."""
+        name = self.flow_picker.value
+        try:
+            self._graph = self.sdk.graph(name)
+        except QsdkError:  # e.g. daily needs a date first: draw it uncoloured
+            self._graph = self.sdk.graph(name, states=False)
+        self._draw_graph()
+
+    def _draw_graph(self) -> None:
+        if self._graph is None:
+            return
+        from qsdk.graph import to_svg
+
+        states = {stage: _stage_state(tasks.values()) for stage, tasks in self.task_status.items()}
+        counts = {stage: len(tasks) if any(p is not None for p in tasks) else 0
+                  for stage, tasks in self.task_status.items()}
+        graph = self._graph.with_states(states, partitions=counts) if states else self._graph
+        svg = to_svg(graph).replace('<svg ', '<svg style="max-width:100%;height:auto" ', 1)
+        self.graph_view.value = f"<div style='overflow-x:auto'>{svg}</div>"
+
+    def show_history(self, limit: int = 10) -> None:
+        """Fill the History tab: the last runs, with their notebooks and MLflow run."""
+        self.history.value = _history_html(self.sdk, limit=limit)
+
     def _task_state(self, stage: str, partition: str | None, state: str) -> None:
         self.task_status[stage][partition] = state
         done = sum(s in ("succeeded", "cached", "failed", "skipped") for s in self.task_status[stage].values())
@@ -238,6 +293,7 @@ class Launcher(W.VBox):
         elif done == len(self.task_status[stage]):
             bar.bar_style = "success"
         self._render_stage(stage)
+        self._draw_graph()
 
     def _render_stage(self, stage: str) -> None:
         self.partitions[stage].value = " ".join(
@@ -254,6 +310,8 @@ class Launcher(W.VBox):
                          detail=errors or None)
         self.links.outputs = ({"output_type": "display_data", "metadata": {},
                                "data": {"text/html": _links_html(result), "text/plain": f"run {result.run_id}"}},)
+        self._draw_graph()
+        self.show_history()
 
 
 class _Progress(Hook):
@@ -264,6 +322,7 @@ class _Progress(Hook):
 
     def before_flow(self, *, run: Any, **_: Any) -> None:
         self.launcher._show_plan({stage: [t.partition for t in tasks] for stage, tasks in run.tasks.items()})
+        self.launcher._draw_graph()  # every stage of the run: pending
         self.launcher._set_status("running", f"running flow {run.flow.name!r}: run {run.run_id}")
 
     def before_task(self, *, task: Any, **_: Any) -> None:
@@ -274,6 +333,24 @@ class _Progress(Hook):
 
 
 # ------------------------------------------------------------------ form helpers
+
+_ONLY = re.compile(r"^\s*([\w-]+) only\b")  # "synthetic only: number of symbols"
+
+
+def _stage_state(states: Iterable[str]) -> str:
+    """One node colour for a stage from its partitions' states while a run goes on."""
+    found = set(states)
+    if "failed" in found:
+        return "failed"
+    if found <= {"cached"}:
+        return "cached"
+    if found <= {"succeeded", "cached"}:
+        return "succeeded"
+    if found <= {"skipped"}:
+        return "skipped"
+    if found <= {"pending"}:
+        return "pending"
+    return "running"  # some running, or some done and some still to come
 
 
 def _parameters(flow: Flow) -> list[tuple[str, dict[str, Any], Any]]:
@@ -342,11 +419,74 @@ def _links_html(result: RunResult) -> str:
     mlflow_id = result.extra.get("mlflow_run_id")
     if mlflow_id:
         uri = str(result.extra.get("mlflow_tracking_uri") or "")
-        where = (f"<a href='{html.escape(uri)}/#/runs/{html.escape(mlflow_id)}' target='_blank'>{html.escape(mlflow_id)}</a>"
-                 if uri.startswith(("http://", "https://")) else
-                 f"<code>{html.escape(mlflow_id)}</code> in {html.escape(uri)} (browse it with <code>make mlflow-ui</code>)")
+        link = _mlflow_link(mlflow_id, uri)
+        where = link or (f"<code>{html.escape(mlflow_id)}</code> in {html.escape(uri)} "
+                         "(browse it with <code>make mlflow-ui</code>)")
         mlflow = f"<div class='qsdk-mlflow'>MLflow run: {where}</div>"
     else:
         mlflow = "<div class='qsdk-mlflow'>MLflow: not tracked</div>"
     return (f"<div>Executed notebooks under <code>{html.escape(str(run_dir))}</code>:"
             f"<ul>{''.join(items) or '<li>none</li>'}</ul></div>{mlflow}")
+
+
+def _mlflow_ui() -> str | None:
+    """The base URL of an MLflow UI serving on this machine, if one is: ``$QSDK_MLFLOW_UI``, or
+    ``make mlflow-ui``'s ``http://127.0.0.1:$MLFLOW_PORT`` (5000) when something listens there."""
+    import socket
+
+    if os.environ.get("QSDK_MLFLOW_UI"):
+        return os.environ["QSDK_MLFLOW_UI"].rstrip("/")
+    port = int(os.environ.get("MLFLOW_PORT") or 5000)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return f"http://127.0.0.1:{port}"
+    except OSError:
+        return None
+
+
+def _mlflow_link(mlflow_id: str, uri: str, *, ui: str | None = None) -> str | None:
+    """An ``<a>`` to the run's page: on a tracking server, or on a local MLflow UI when one runs."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else (ui or _mlflow_ui())
+    if base is None:
+        return None
+    href = f"{base}/#/runs/{mlflow_id}"
+    try:
+        from qsdk import tracking
+
+        experiment = tracking.client(uri).get_run(mlflow_id).info.experiment_id
+        href = f"{base}/#/experiments/{experiment}/runs/{mlflow_id}"
+    except Exception:  # an unknown run or an unreachable store: the short link still opens in the UI
+        pass
+    return f"<a href='{html.escape(href)}' target='_blank'>{html.escape(mlflow_id)}</a>"
+
+
+def _history_html(sdk: QuantSDK, *, limit: int) -> str:
+    """The last runs as a table: id, flow, status, start, duration, notebooks, MLflow run."""
+    from qsdk.history import run_record
+
+    ui = _mlflow_ui()
+    rows = []
+    for r in sdk.runs(limit=limit):
+        notebooks: list[str] = []
+        if r.status != "unfinished":
+            stages = run_record(sdk.config.runs_dir, r.run_id).get("stages") or {}
+            for entry in stages.values():
+                for nb in entry.get("notebooks") or []:
+                    label = str(Path(nb).relative_to(r.run_dir)) if nb.startswith(r.run_dir) else nb
+                    notebooks.append(f"<a href='{html.escape(os.path.relpath(nb, Path.cwd()))}' target='_blank'>"
+                                     f"{html.escape(label)}</a>")
+        mlflow = "-"
+        if r.mlflow_run_id:
+            mlflow = (_mlflow_link(r.mlflow_run_id, r.tracking_uri or "", ui=ui) if ui or
+                      str(r.tracking_uri or "").startswith("http") else None) or f"<code>{r.mlflow_run_id}</code>"
+        took = "-" if r.duration_s is None else f"{r.duration_s:.1f} s"
+        colour = _COLORS.get(r.status, "inherit")
+        rows.append(f"<tr class='qsdk-history-run' data-run='{html.escape(r.run_id)}'>"
+                    f"<td><code>{html.escape(r.run_id)}</code></td><td>{html.escape(r.flow)}</td>"
+                    f"<td style='color:{colour}'>{html.escape(r.status)}</td><td>{html.escape(r.started[:19])}</td>"
+                    f"<td>{took}</td><td>{'<br>'.join(notebooks) or '-'}</td><td>{mlflow}</td></tr>")
+    if not rows:
+        return "<i>no runs yet</i>"
+    head = "".join(f"<th style='text-align:left'>{h}</th>" for h in
+                   ("run", "flow", "status", "started (UTC)", "took", "executed notebooks", "MLflow run"))
+    return f"<table class='qsdk-history-table'><tr>{head}</tr>{''.join(rows)}</table>"

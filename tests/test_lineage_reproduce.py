@@ -163,3 +163,40 @@ def test_reproduce_the_flow_after_a_notebook_edit_reports_a_difference(base, tmp
     assert tables["silver.prices"]["identical"] is False
     assert "volume" in tables["silver.prices"]["detail"]
     assert "differs from the original" in err
+
+
+def test_runs_lists_the_run_and_reproduce_takes_the_ids_users_see(base, capsys):
+    from qsdk.reproduce import mlflow_run_of
+
+    run_id, uri = base.result.run_id, base.sdk.config.tracking_uri
+    (flow_run,) = base.runs(**{"qsdk.run_id": run_id, "qsdk.kind": "flow"})
+    stage_run = base.stage_run("clean_prices")
+    (part_run,) = base.runs(**{"mlflow.parentRunId": stage_run.info.run_id})
+    assert mlflow_run_of(run_id, tracking_uri=uri) == flow_run.info.run_id
+    assert mlflow_run_of(f"{run_id}:clean_prices", tracking_uri=uri) == stage_run.info.run_id
+    assert mlflow_run_of(f"{run_id}:clean_prices:2005-01-01_2005-12-31", tracking_uri=uri) == part_run.info.run_id
+    assert mlflow_run_of(flow_run.info.run_id, tracking_uri=uri) == flow_run.info.run_id
+    with pytest.raises(UnknownNameError, match="its stages: clean_prices, ingest_prices"):
+        mlflow_run_of(f"{run_id}:features", tracking_uri=uri)
+    with pytest.raises(UnknownNameError, match="its partitions: 2005-01-01_2005-12-31"):
+        mlflow_run_of(f"{run_id}:clean_prices:2006", tracking_uri=uri)
+    with pytest.raises(UnknownNameError, match="`qsdk runs` lists them"):
+        mlflow_run_of("20990101T000000Z-abcdef", tracking_uri=uri)
+
+    project = str(base.sdk.config.project_root)
+    assert cli.main(["--project", project, "runs", "--json"]) == 0
+    listed = {r["run_id"]: r for r in json.loads(capsys.readouterr().out)}
+    mine = listed[run_id]
+    assert (mine["flow"], mine["status"], mine["mlflow_run_id"]) == ("backfill", "succeeded", flow_run.info.run_id)
+    assert mine["started"].startswith(f"{run_id[:4]}-{run_id[4:6]}-{run_id[6:8]}T") and mine["duration_s"] > 0
+    assert cli.main(["--project", project, "runs"]) == 0
+    assert run_id in capsys.readouterr().out
+
+    # a daily run (its `date` binding is required on the command line) reproduces by its qsdk run id
+    daily = base.sdk.run_pipeline("daily", params={"date": "2005-06-01"}, only=STAGES)
+    code = cli.main(["--project", project, "reproduce", daily.run_id, "--check", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["flow"] == "daily" and report["original_run_id"] == daily.run_id and report["identical"]
+    assert report["parameters"]["clean_prices"]["start"] == "2005-06-01"

@@ -3,8 +3,10 @@
 The contract, not Delta, refuses bad data: ``deltalake`` only matches field names and casts
 types silently (a float 2.7 lands as int 2, the string "7" as 7). :func:`conform` compares
 Arrow types strictly and allows only lossless representation changes: string encodings,
-timestamp units (a checked cast), integer and float widening, and timestamps at midnight for
-a ``date`` column (checked, never truncated).
+timestamp units (a checked cast), integer and float widening (a narrower integer or float into
+a wider one of its kind; integers into a float column when every value is exactly
+representable, checked by a round trip), and timestamps at midnight for a ``date`` column
+(checked, never truncated). Floats into an integer column are refused, even whole ones.
 """
 
 from __future__ import annotations
@@ -163,6 +165,8 @@ def _conform_column(col: pa.ChunkedArray, name: str, typ: str, spec: TableSpec) 
         as_date = col.cast(pa.date32(), safe=False)
         if pc.all(pc.equal(as_date.cast(actual), col)).as_py() in (True, None):
             return as_date
+    if pa.types.is_integer(actual) and pa.types.is_floating(target):
+        return _ints_as_floats(col, name, typ, spec)
     raise ContractViolation(
         f"write to {spec.name!r}: column {name!r} has type {actual}, the contract says {typ} "
         f"({target}); convert it before writing (qsdk never casts lossy types)",
@@ -171,6 +175,22 @@ def _conform_column(col: pa.ChunkedArray, name: str, typ: str, spec: TableSpec) 
         expected=typ,
         actual=str(actual),
     )
+
+
+def _ints_as_floats(col: pa.ChunkedArray, name: str, typ: str, spec: TableSpec) -> pa.ChunkedArray:
+    """Integers into a float column, when each value survives the round trip (float64 holds
+    every integer up to 2**53 exactly, float32 up to 2**24)."""
+    target = TYPES[typ]
+    floats = col.cast(target, safe=False)
+    inexact = pc.invert(pc.equal(floats.cast(col.type, safe=False), col))
+    if pc.any(inexact).as_py():
+        example = pc.filter(col, inexact)[0].as_py()
+        raise ContractViolation(
+            f"write to {spec.name!r}: column {name!r} holds integers that {typ} cannot represent exactly "
+            f"(for example {example}); keep them as integers, or round them yourself before writing",
+            table=spec.name, column=name, expected=typ, actual=str(col.type),
+        )
+    return floats
 
 
 def _lossless(actual: pa.DataType, target: pa.DataType) -> bool:

@@ -7,7 +7,8 @@
   ``qsdk.snapshot.<name>`` for snapshots a run created or read.
 * :mod:`qsdk.versioning.dvc`: the one place that calls DVC (its command line).
 
-The repository's ``dvc.yaml`` works once someone runs ``dvc init``; qsdk never initialises DVC.
+The repository commits DVC's project files (``.dvc/config`` with a local default remote,
+``.dvcignore``), so its ``dvc.yaml`` works in a fresh clone; qsdk itself never runs ``dvc init``.
 """
 
 from qsdk.versioning.dvcsync import SyncReport, render, run_stage, sync

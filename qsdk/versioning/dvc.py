@@ -6,7 +6,9 @@ command line is DVC's stable interface, so qsdk runs ``python -m dvc ...`` with 
 interpreter (the venv's DVC, whatever is on ``PATH``) and wraps a failure once, here, as
 :class:`~qsdk.errors.VersioningError` with DVC's own last words.
 
-qsdk never runs ``dvc init``: a project uses DVC once someone initialised it.
+qsdk never runs ``dvc init``: a project uses DVC once someone initialised it. This repository
+commits DVC's project files (``.dvc/config``, ``.dvcignore``), with the local default remote
+``qsdk-local`` at ``~/.cache/qsdk/dvc-remote``, so a fresh clone is a DVC project already.
 """
 
 from __future__ import annotations
@@ -71,13 +73,15 @@ def default_remote(cwd: Path) -> str | None:
 def ensure_remote(cwd: Path) -> str:
     """The name of the default DVC remote; configure a local folder remote when there is none.
 
-    The automatic remote goes into ``.dvc/config.local`` (never committed): the folder is
-    ``$QSDK_DVC_REMOTE`` or ``~/.cache/qsdk/dvc-remote``, shared by every project of this user
-    (DVC stores content by hash, so sharing is safe). To use another remote, configure it the
-    DVC way (``dvc remote add -d NAME URL``); qsdk then pushes there.
+    The automatic remote, ``qsdk-local`` (committed in this repository's ``.dvc/config``, or
+    added to ``.dvc/config.local``, never committed), is the folder ``$QSDK_DVC_REMOTE`` or
+    ``~/.cache/qsdk/dvc-remote``, shared by every project of this user (DVC stores content by
+    hash, so sharing is safe); ``$QSDK_DVC_REMOTE`` overrides its folder in ``config.local``.
+    To use another remote, configure it the DVC way (``dvc remote add -d NAME URL``); qsdk then
+    pushes there.
     """
     name = default_remote(cwd)
-    if name:
+    if name and (name != DEFAULT_REMOTE_NAME or not os.environ.get(ENV_REMOTE)):
         return name
     url = os.environ.get(ENV_REMOTE) or DEFAULT_REMOTE_URL
     if "://" not in url:

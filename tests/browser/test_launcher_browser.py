@@ -3,7 +3,9 @@
 JupyterLab serves a temporary copy of the project (its own lakehouse, runs and MLflow store);
 Chromium opens ``notebooks/launcher.ipynb``, runs it, fills the form, clicks Run and waits for
 success; the test then reads the Delta tables the run wrote. The screenshot of the launcher
-after the run is saved to ``tests/browser/artifacts/launcher.png``.
+after the run is saved to ``tests/browser/artifacts/launcher.png``; the flow's graph is
+screenshot while a stage runs (``launcher-graph-running.png``) and after the run
+(``launcher-graph-done.png``), and its nodes' states are read from the page each time.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def test_launcher_runs_backfill_from_the_browser(chromium: str, playwright_api, 
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
         page.set_default_timeout(180_000)
         try:
-            status, links, mlflow = _run_in_lab(page, lab)
+            status, links, mlflow, graph = _run_in_lab(page, lab)
         except Exception as exc:
             page.screenshot(path=str(ARTIFACTS / "launcher-failure.png"), full_page=True)
             raise AssertionError(f"{type(exc).__name__}: {exc}\n(screenshot: {ARTIFACTS / 'launcher-failure.png'}; "
@@ -70,6 +72,14 @@ def test_launcher_runs_backfill_from_the_browser(chromium: str, playwright_api, 
             browser.close()
 
     assert any(t.startswith("ingest_prices/") for t in links) and any(t.startswith("clean_prices/") for t in links)
+    # the graph, read from the page: while the run went on one stage was running and none had
+    # failed; after it, both stages succeeded; every table of the two stages is drawn
+    running, done, tables = graph
+    assert "running" in running.values() and set(running.values()) <= {"pending", "running", "succeeded"}, running
+    assert done == {"ingest_prices": "succeeded", "clean_prices": "succeeded"}, done
+    assert tables == {"bronze.prices_raw", "silver.prices", "silver.corporate_actions"}, tables
+    for name in ("launcher-graph-running.png", "launcher-graph-done.png"):
+        assert (ARTIFACTS / name).stat().st_size > 5_000
     assert re.search(r"MLflow run: [0-9a-f]{32}", mlflow), mlflow
     from deltalake import DeltaTable
 
@@ -82,8 +92,13 @@ def test_launcher_runs_backfill_from_the_browser(chromium: str, playwright_api, 
     assert raw.num_rows >= prices.num_rows
 
 
-def _run_in_lab(page, lab) -> tuple[str, list[str], str]:
-    """Open the launcher notebook, run it, fill the form, Run; the final status, links, MLflow line."""
+_STAGE_STATES = ("els => Object.fromEntries(els.filter(e => e.dataset.kind === 'stage')"
+                 ".map(e => [e.dataset.node, e.dataset.state]))")
+
+
+def _run_in_lab(page, lab) -> tuple[str, list[str], str, tuple[dict, dict, set]]:
+    """Open the launcher notebook, run it, fill the form, Run; the final status, links, MLflow
+    line, and the graph's stage states (mid-run, after) and tables."""
     page.goto(lab.page_url("notebooks/launcher.ipynb"))
     page.wait_for_selector(".jp-Notebook .jp-Cell")
     # the kernel is connected once the status bar reads "<kernel> | Idle"
@@ -106,12 +121,22 @@ def _run_in_lab(page, lab) -> tuple[str, list[str], str]:
     page.fill(".qsdk-param-end input[type=date]", END)
     page.wait_for_function("!document.querySelector('.qsdk-message-start').innerText.trim()")
     page.select_option(".qsdk-executor select", "local")
+    # the synthetic source's parameters are greyed out while the source is bokeh
+    assert page.is_disabled(".qsdk-param-n_symbols input") and not page.is_disabled(".qsdk-param-start input")
 
+    page.wait_for_selector(".qsdk-graph [data-node='clean_prices']")
     page.click(".qsdk-run")
+    page.wait_for_selector(".qsdk-graph [data-kind='stage'][data-state='running']", timeout=RUN_TIMEOUT_MS)
+    running = page.eval_on_selector_all(".qsdk-graph [data-node]", _STAGE_STATES)
+    page.locator(".qsdk-graph").screenshot(path=str(ARTIFACTS / "launcher-graph-running.png"))
     page.wait_for_function("/succeeded|failed/.test(document.querySelector('.qsdk-status').innerText)",
                            timeout=RUN_TIMEOUT_MS)
     status = page.inner_text(".qsdk-status")
     assert "succeeded" in status, f"the run failed in the browser:\n{status}"
+    page.wait_for_selector(".qsdk-graph [data-node='clean_prices'][data-state='succeeded']")
+    done = page.eval_on_selector_all(".qsdk-graph [data-node]", _STAGE_STATES)
+    tables = set(page.eval_on_selector_all(".qsdk-graph [data-kind='table']", "els => els.map(e => e.dataset.node)"))
+    page.locator(".qsdk-graph").screenshot(path=str(ARTIFACTS / "launcher-graph-done.png"))
     page.wait_for_selector(".qsdk-links a")
     links = page.locator(".qsdk-links a").all_inner_texts()
     mlflow = page.inner_text(".qsdk-links .qsdk-mlflow")
@@ -120,4 +145,4 @@ def _run_in_lab(page, lab) -> tuple[str, list[str], str]:
     # a link opens the executed notebook inside JupyterLab (a new document tab)
     page.locator(".qsdk-links a", has_text="clean_prices/").click()
     page.wait_for_selector(".lm-TabBar-tab :text('2005-01-01_2005-03-31.ipynb')")
-    return status, links, mlflow
+    return status, links, mlflow, (running, done, tables)

@@ -216,4 +216,4 @@ def test_bindings_are_validated_when_the_registry_loads(project):
     assert flow.resolve({"day": "2020-06-01"})["one"] == {"start": "2020-06-01", "end": "2020-06-01"}
     project.flow("g", ["one"], bind={"day": {"to": ["begin"]}})
     with pytest.raises(RegistryError, match="undeclared targets: \\['begin'\\]"):
-        _ = project.sdk().registry
+        project.sdk().registry.flow("g")

@@ -5,6 +5,7 @@ stage notebooks; real Delta tables are written."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def test_form_is_built_from_typed_parameters_and_validates_inline(sdk) -> None:
     assert launcher.validate() == {"end": "2021-02-28", "threshold": "0.5"}
 
 
-def test_run_in_background_with_live_progress_links_and_tables(sdk) -> None:
+def test_run_in_background_with_live_progress_links_and_tables(sdk, monkeypatch) -> None:
     launcher = Launcher(sdk=sdk)
     launcher.fields["end"].value = dt.date(2021, 2, 28)  # two monthly partitions
     launcher.fields["n"].value = 3
@@ -78,6 +79,9 @@ def test_run_in_background_with_live_progress_links_and_tables(sdk) -> None:
             bar.observe(lambda ch, s=stage: seen.append((s, ch["new"])), names="value")
 
     launcher.progress_box.observe(watch_bars, names="children")
+    assert _graph_states(launcher) == {"numbers": "never"}  # before the run: what qsdk status says
+    drawn: list[str] = []
+    launcher.graph_view.observe(lambda ch: drawn.append(_graph_states(launcher)["numbers"]), names="value")
     launcher.run_button.click()
     assert launcher.running and launcher.run_button.disabled  # click returned; the run goes on
     result = launcher.wait(timeout=600)
@@ -96,6 +100,36 @@ def test_run_in_background_with_live_progress_links_and_tables(sdk) -> None:
     table = Lakehouse(sdk.config.lakehouse_root).read("bronze.numbers").to_pylist()
     assert sorted((row["day"], row["value"]) for row in table) == [(dt.date(2021, 1, 1), 3.0),
                                                                    (dt.date(2021, 2, 1), 3.0)]
+    # the graph was re-coloured live: pending, running while partitions ran, succeeded at the end
+    assert drawn[0] == "pending" and "running" in drawn and drawn[-1] == "succeeded"
+    assert 'data-partitions="2"' in launcher.graph_view.value and "numbers ×2" in launcher.graph_view.value
+    assert 'data-node="bronze.numbers" data-kind="table"' in launcher.graph_view.value
+    # the History tab: the run, its status, its notebooks and its MLflow run id
+    history = launcher.history.value
+    assert f"data-run='{result.run_id}'" in history and "succeeded" in history
+    assert result.extra["mlflow_run_id"] in history and "2021-02-01_2021-02-28.ipynb" in history
+    assert "href='http" not in history  # no MLflow UI runs here: the id is shown, not linked
+    monkeypatch.setenv("QSDK_MLFLOW_UI", "http://127.0.0.1:5999")  # as `make mlflow-ui` would serve
+    launcher.tabs.selected_index = 1  # opening the tab refreshes it
+    mlflow_id = result.extra["mlflow_run_id"]
+    assert re.search(rf"href='http://127.0.0.1:5999/#/experiments/\d+/runs/{mlflow_id}'", launcher.history.value)
+
+
+def _graph_states(launcher) -> dict[str, str]:
+    return dict(re.findall(r'data-node="([^"]+)" data-kind="stage" data-state="([^"]+)"', launcher.graph_view.value))
+
+
+def test_parameters_for_another_choice_are_greyed_out(project: Project) -> None:
+    cell = ('from typing import Literal\nsource: Literal["real", "synthetic"] = "real"\n'
+            'n_symbols: int = 20  # synthetic only: number of symbols\nseed: int = 0  # synthetic only: seed\n'
+            'label: str = "x"  # real data label')
+    project.table("bronze.numbers", {"day": "date", "value": "float64"})
+    sdk = project.stage("s", cell, outputs=["bronze.numbers"]).flow("f", ["s"]).sdk()
+    launcher = Launcher(sdk=sdk)
+    assert launcher.fields["n_symbols"].disabled and launcher.fields["seed"].disabled
+    assert not launcher.fields["label"].disabled and not launcher.fields["source"].disabled
+    launcher.fields["source"].value = "synthetic"
+    assert not launcher.fields["n_symbols"].disabled and not launcher.fields["seed"].disabled
 
 
 def test_a_failed_stage_is_shown_readably(sdk) -> None:

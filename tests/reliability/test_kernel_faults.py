@@ -100,5 +100,6 @@ def test_cell_running_past_the_stage_timeout_is_a_failed_stage(project):
 
     err = _error(_run(sdk, value=2, die=True))
     assert err.reason == "timeout" and err.ename == "CellTimeoutError"
-    assert "longer than the stage timeout of 10.0 s" in str(err)
+    assert "cell 2 (`import time`) ran longer than the stage timeout of 10.0 s" in str(err)
+    assert err.cell_index == 2  # in the stage's own notebook: parameters, write, then the sleeping cell
     assert state(sdk.lakehouse, "silver.t") == TableState(0, DAYS) and _values(sdk) == {1}

@@ -22,7 +22,10 @@ def test_committed_dvc_yaml_is_in_step_with_pipelines():
     report = dvcsync.sync(registry, check=True)
     assert report.in_step, f"run `make dvc-sync` (qsdk dvc sync) and commit dvc.yaml:\n{report.describe()}"
     assert (REPO / "dvc.yaml").read_text() == dvcsync.render(registry)
-    assert not (REPO / ".dvc").exists()  # the repository's dvc.yaml waits for a user's `dvc init`
+    # DVC's project files are committed: dvc.yaml works in a fresh clone, pushing to the local remote
+    assert (REPO / ".dvcignore").is_file()
+    config = (REPO / ".dvc" / "config").read_text()
+    assert "remote = qsdk-local" in config and "url = ~/.cache/qsdk/dvc-remote" in config
 
 
 def test_check_fails_when_pipelines_change_and_sync_keeps_user_params(project_copy: Path, capsys):

@@ -52,7 +52,7 @@ def test_views_load_from_the_registry_with_defaults(project):
 def test_invalid_views_are_rejected_on_load(project, spec, match):
     _project(project, {"bad": spec})
     with pytest.raises(RegistryError, match=match):
-        _ = project.sdk().registry
+        project.sdk().registry.feature_view("bad")
 
 
 def test_ttl_parsing_and_formatting():

@@ -61,6 +61,17 @@ def test_lossless_representations_are_accepted(lake):
     assert got["n"] == 3 and got["x"] == 1.5 and str(got["date"]) == "2020-01-01"
 
 
+def test_integers_widen_into_a_float_column_only_when_exact(lake):
+    lake.write("silver.t", frame(x=[3, -(2**53)]), mode="append")  # int64 data, float64 column
+    assert lake.read("silver.t").column("x").to_pylist() == [3.0, -(2.0**53)]
+    with pytest.raises(ContractViolation, match="'x' holds integers that float64 cannot represent exactly "
+                                                "\\(for example 9007199254740993\\)"):
+        lake.write("silver.t", frame(x=[1, 2**53 + 1]), mode="merge")
+    with pytest.raises(ContractViolation, match="column 'n' has type double, the contract says int64"):
+        lake.write("silver.t", frame(n=[1.0, 2.0]), mode="merge")  # floats into an int column: refused
+    assert lake.version("silver.t") == 0
+
+
 def test_append_of_existing_keys_is_refused_merge_upserts(lake):
     lake.write("silver.t", frame(), mode="append")
     with pytest.raises(ContractViolation, match="would duplicate 2 existing primary key"):

@@ -24,7 +24,7 @@ def test_cycle_is_an_error_naming_the_loop(project):
      .stage("two", "x = 1", inputs=["bronze.a"], outputs=["silver.b"])
      .flow("f", ["one", "two"]))
     with pytest.raises(FlowCycleError) as info:
-        _ = project.sdk().registry
+        project.sdk().registry.flow("f")
     assert set(info.value.cycle) >= {"one", "two"}
     assert "cycle" in str(info.value)
 
@@ -32,38 +32,40 @@ def test_cycle_is_an_error_naming_the_loop(project):
 def test_two_writers_of_one_table(project):
     (project.table("bronze.a", COLS)
      .stage("one", "x = 1", outputs=["bronze.a"]).stage("two", "x = 1", outputs=["bronze.a"]))
-    with pytest.raises(RegistryError, match="written by two stages"):
-        _ = project.sdk().registry
+    registry = project.sdk().registry
+    for name in ("one", "two"):  # both are broken: which one is right is not the registry's to guess
+        with pytest.raises(RegistryError, match="written by two stages"):
+            registry.stage(name)
 
 
 def test_missing_notebook(project):
     project.table("bronze.a", COLS).save()
     project.doc["stages"]["ghost"] = {"notebook": "notebooks/nope.ipynb", "outputs": ["bronze.a"]}
     with pytest.raises(RegistryError, match="nope.ipynb does not exist"):
-        _ = project.sdk().registry
+        project.sdk().registry.stage("ghost")
 
 
 def test_undeclared_table_and_bad_types(project):
     project.stage("s", "x = 1", outputs=["silver.nope"])
     with pytest.raises(RegistryError, match="'silver.nope' is not declared"):
-        _ = project.sdk().registry
+        project.sdk().registry.stage("s")
     project.doc["stages"].clear()
     project.table("silver.t", {"a": "decimal"})
     with pytest.raises(RegistryError, match="unknown type 'decimal'"):
-        _ = project.sdk().registry
+        project.sdk().registry.table("silver.t")
 
 
 @pytest.mark.parametrize("name", ["../etc", "silver/prices", "/abs.path", "Silver.Prices", "a.b.c", "a..b"])
 def test_table_names_with_path_tricks_are_refused(project, name):
     project.table(name, COLS)
     with pytest.raises(RegistryError, match="invalid table name"):
-        _ = project.sdk().registry
+        project.sdk().registry.table(name)
 
 
 def test_stage_defaults_are_validated_at_load(project):
     project.table("bronze.a", COLS).stage("s", "n: int = 1", outputs=["bronze.a"], parameters={"n": "many"})
     with pytest.raises(RegistryError, match="parameter 'n': expected int"):
-        _ = project.sdk().registry
+        project.sdk().registry.stage("s")
 
 
 def test_flow_parameters_route_to_stages_and_reject_unknown(project):
@@ -77,7 +79,7 @@ def test_flow_parameters_route_to_stages_and_reject_unknown(project):
     assert resolved == {"one": {"start": "2020-03-15", "end": "2020-05-02"}, "two": {"n": 5}}
     parts = flow.stage("one").partitions(resolved["one"])
     assert [k for k, _ in parts] == ["2020-03-15_2020-03-31", "2020-04-01_2020-04-30", "2020-05-01_2020-05-02"]
-    with pytest.raises(ParameterError, match="no stage declares parameter 'stat'"):
+    with pytest.raises(ParameterError, match="no stage declares parameter 'stat'; did you mean 'start'"):
         flow.resolve({"stat": "x"})
     with pytest.raises(ParameterError, match="is after"):
         flow.resolve({"start": "2021-01-01", "end": "2020-01-01"})
@@ -127,7 +129,7 @@ def test_preload_leaves_out_modules_beside_the_notebook(project):
 def test_preload_must_be_auto_false_or_module_names(project, value):
     project.table("bronze.a", COLS).stage("s", "n: int = 1", outputs=["bronze.a"], preload=value)
     with pytest.raises(RegistryError, match="preload must be 'auto', false or a list of module names"):
-        _ = project.sdk().registry
+        project.sdk().registry.stage("s")
 
 
 def test_partitions_of_several_years_are_aligned_blocks(project):
@@ -148,4 +150,47 @@ def test_quarterly_partitions_and_a_bad_every_is_refused(project):
     project.table("bronze.a", COLS).stage("s", 'start: "date" = "2020-01-01"\nend: "date" = "2020-12-31"',
                                           outputs=["bronze.a"], partition={"by": "year", "every": 0})
     with pytest.raises(RegistryError, match="partition.every must be a whole number of years >= 1, got 0"):
-        _ = project.sdk().registry
+        project.sdk().registry.stage("s")
+
+
+def broken_project(project):
+    """One valid flow beside a broken stage of each kind, each in a flow of its own."""
+    (project.table("bronze.a", COLS).table("bronze.b", COLS).table("bronze.c", COLS).table("bronze.d", COLS)
+     .table("bronze.e", COLS)
+     .stage("good", "x: int = 1", outputs=["bronze.a"])
+     .stage("computed", 'import os\nx: int = 1\nout_dir = os.path.join("a", "b")\ny = x * 2', outputs=["bronze.e"])
+     .stage("notag", "x: int = 1", outputs=["bronze.b"])
+     .stage("badentry", "x: int = 1", outputs=["bronze.c"], colour="red")
+     .flow("ok", ["good"]).flow("comp", ["computed"]).flow("f_notag", ["notag", "good"])
+     .flow("f_bad", ["badentry"]).flow("f_ghost", ["ghost"]).save())
+    project.doc["stages"]["ghost"] = {"notebook": "notebooks/nope.ipynb", "outputs": ["bronze.d"]}
+    nb = project.root / "notebooks" / "notag.ipynb"
+    nb.write_text(nb.read_text().replace('"parameters"', '"not-parameters"'))
+    (project.root / "pipelines" / "zz_extra.yaml").write_text("stages: [unclosed\n")
+    return project
+
+
+def test_a_broken_entry_breaks_only_what_needs_it(project):
+    registry = broken_project(project).sdk().registry
+    assert sorted(registry.flows) == ["comp", "ok"]
+    assert registry.flow("ok").order() == ["good"]
+    assert registry.flow("comp").resolve({}) == {"computed": {"x": 1}}  # computed defaults: not broken
+    problems = {(p.kind, p.name): p.message for p in registry.problems}
+    assert "no parameters cell" in problems[("stage", "notag")]
+    assert "unknown key(s) ['colour']" in problems[("stage", "badentry")]
+    assert "nope.ipynb does not exist" in problems[("stage", "ghost")]
+    assert "invalid YAML" in problems[("file", "zz_extra.yaml")]
+    for flow, stage in (("f_notag", "notag"), ("f_bad", "badentry"), ("f_ghost", "ghost")):
+        with pytest.raises(RegistryError, match=f"flow '{flow}' needs stage '{stage}', which is broken"):
+            registry.flow(flow)
+    assert registry.problem("flow", "f_notag").stages == ("notag", "good")
+    assert registry.flow_names() == ["ok", "comp", "f_notag", "f_bad", "f_ghost"]
+
+
+def test_a_name_declared_in_two_files_is_broken_naming_both(project):
+    project.table("bronze.a", COLS).stage("s", "x: int = 1", outputs=["bronze.a"]).flow("f", ["s"]).save()
+    (project.root / "pipelines" / "other.yaml").write_text("flows:\n  f:\n    stages: [s]\n")
+    registry = project.sdk().registry
+    with pytest.raises(RegistryError, match="flow 'f' is declared twice: in other.yaml and registry.yaml"):
+        registry.flow("f")
+    assert registry.stage("s").name == "s"
