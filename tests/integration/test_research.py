@@ -15,7 +15,7 @@ from qsdk.errors import ParameterError, RegistryError
 from qsdk.sdk import QuantSDK
 from tests.conftest import REPO
 
-SYNTHETIC = {"source": "synthetic", "n_symbols": 30, "start": "2010-01-01", "end": "2010-12-31"}
+SYNTHETIC = {"source": "synthetic", "n_symbols": 30, "start": "2010-01-01", "end": "2010-12-31", "quantiles": 5}
 ALPHAS = {"composite", "ic_weighted"}
 
 
@@ -114,10 +114,10 @@ def test_daily_appends_one_session_idempotently(planted):
     before = {t: _table(planted, t) for t in ("gold.alpha_scores", "gold.features_risk", "gold.labels",
                                               "gold.alpha_daily")}
     planted.run_pipeline("daily", params={"date": "2011-01-03", "source": "synthetic", "n_symbols": 30,
-                                          "signal_strength": 0.25}, track=False)
+                                          "signal_strength": 0.25, "quantiles": 5}, track=False)
     first = {t: _table(planted, t) for t in before}
     planted.run_pipeline("daily", params={"date": "2011-01-03", "source": "synthetic", "n_symbols": 30,
-                                          "signal_strength": 0.25}, track=False)
+                                          "signal_strength": 0.25, "quantiles": 5}, track=False)
     second = {t: _table(planted, t) for t in before}
     day = pd.Timestamp("2011-01-03").date()
     scores = second["gold.alpha_scores"]
