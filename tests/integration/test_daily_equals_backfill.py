@@ -72,6 +72,7 @@ def lakes(tmp_path_factory) -> dict[str, dict[str, pd.DataFrame]]:
     extended.run_pipeline("backfill", params={"start": "2012-06-01", "end": "2012-06-30"},
                           only=["evaluate_daily"], track=False)
     states["month_again"] = _gold(extended)
+    states["sdk"] = extended  # type: ignore[assignment]
     longer = _sdk(tmp_path_factory.mktemp("longer"))
     _run(longer, "backfill", start=START, end=NEXT)
     states["longer"] = _gold(longer)
@@ -135,3 +136,15 @@ def test_summaries_describe_themselves(lakes):
     assert row["ls_net_sortino"] == pytest.approx(empyrical.sortino_ratio(net), rel=1e-9)
     assert row["ls_net_calmar"] == pytest.approx(empyrical.calmar_ratio(net), rel=1e-9)
     assert row["ls_net_hit_rate"] == pytest.approx((net > 0).mean())
+
+
+def test_evaluate_refuses_a_window_that_mixes_quantile_counts(lakes):
+    """A daily run with another quantile count than the backfill's writes its date under that
+    definition; the rolling evaluation then names the mix instead of averaging across it."""
+    sdk = lakes["sdk"]
+    result = sdk.run_pipeline("daily", params={"date": NEXT, "quantiles": 4}, only=["evaluate_daily", "evaluate"],
+                              track=False, raise_on_failure=False)
+    (failure,) = result.failures
+    assert failure.stage == "evaluate" and failure.error.ename == "ValueError"
+    assert "'quantiles': 3" in failure.error.evalue and "'quantiles': 4" in failure.error.evalue
+    assert "under one definition" in failure.error.evalue
