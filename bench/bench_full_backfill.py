@@ -50,7 +50,7 @@ def run_script(p: dict) -> dict:
     """ingest -> clean -> features -> labels -> alpha -> evaluate, in memory."""
     import pandas as pd
 
-    from qsdk.quant import adjust, alpha, metrics, sources
+    from qsdk.quant import adjust, alpha, metrics, sources, synthetic
     from qsdk.quant import calendar as cal
     from qsdk.quant import features as F
     from qsdk.quant.pit import point_in_time_join
@@ -58,7 +58,7 @@ def run_script(p: dict) -> dict:
     args = {"n_symbols": p["n_symbols"], "seed": p["seed"], "signal_strength": p["signal_strength"]}
     bars = sources.load("synthetic", start=p["start"], end=p["end"], **args)
     signals = sources.load_signals("synthetic", start=p["start"], end=p["end"], **args)
-    signals["published_at"] = cal.session_closes(signals["date"])
+    signals = synthetic.vendor_delivery(signals, seed=p["seed"])  # as ingest_signals: late and restated values
     report = cal.validate_dates(bars["date"])
     clean = bars[~bars["date"].isin(report.non_sessions)]
     adjust.corporate_actions(clean)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from qsdk.quant.features import trailing_windows
 from qsdk.quant.metrics import information_coefficient
 
 
@@ -78,6 +79,18 @@ def feature_ics(
     return ics.sort_index()
 
 
+def _trailing_mean(frame: pd.DataFrame, *, window: int, min_periods: int) -> pd.DataFrame:
+    """``frame.rolling(window, min_periods).mean()``, each window summed on its own (see
+    :func:`qsdk.quant.features.trailing_windows`: the result does not depend on the first row)."""
+    out = {}
+    for column in frame.columns:
+        windows = trailing_windows(frame[column].to_numpy(dtype="float64"), window)
+        count = (~np.isnan(windows)).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[column] = np.where(count >= min_periods, np.nansum(windows, axis=1) / count, np.nan)
+    return pd.DataFrame(out, index=frame.index, columns=frame.columns)
+
+
 def point_in_time_ic_weights(
     ics: pd.DataFrame,
     available_at: pd.Series,
@@ -100,7 +113,7 @@ def point_in_time_ic_weights(
     if window < 1 or min_periods < 1:
         raise ValueError(f"window and min_periods must be >= 1, got {window} and {min_periods}.")
     ics = ics.sort_index()
-    rolling = ics.rolling(window, min_periods=min(min_periods, window)).mean()
+    rolling = _trailing_mean(ics, window=window, min_periods=min(min_periods, window))
     usable_from = pd.to_datetime(available_at.reindex(ics.index)).cummax()
     table = rolling.assign(_available=usable_from.to_numpy()).dropna(subset=["_available"])
     table = table.sort_values("_available", kind="mergesort")

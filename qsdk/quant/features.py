@@ -61,14 +61,39 @@ def _per_symbol(
     return out.reindex(prices.index)
 
 
-def _rolling(values: pd.Series, symbols: pd.Series, window: int) -> Any:
-    """Per-symbol rolling window (a pandas RollingGroupBy) over full windows only."""
-    return values.groupby(symbols, sort=False).rolling(window, min_periods=window)
+def trailing_windows(values: Any, window: int) -> np.ndarray:
+    """A ``(n, window)`` read-only view: row t holds ``values[t-window+1 .. t]``, NaN before the first.
+
+    Each row's statistic is computed from that row's values alone, so a value at t does not depend
+    on where the series starts. pandas' rolling mean and std keep running sums instead: their last
+    digits depend on the first row read, so a daily run that reads a year of look-back would write
+    features that differ from the backfill's in the 16th digit.
+    """
+    padded = np.concatenate([np.full(window - 1, np.nan), np.asarray(values, dtype="float64")])
+    return np.lib.stride_tricks.sliding_window_view(padded, window)
 
 
-def _unstack_group(result: pd.Series) -> pd.Series:
-    """Drop the group level that ``groupby(...).rolling(...)`` prepends to the index."""
-    return result.reset_index(level=0, drop=True)
+def _rolling(
+    values: pd.Series, symbols: pd.Series, window: int, stat: Callable[[np.ndarray], np.ndarray]
+) -> pd.Series:
+    """Per-symbol ``stat`` over each full trailing window of ``window`` rows (NaN if any is NaN)."""
+    out = np.full(len(values), np.nan)
+    array = values.to_numpy(dtype="float64")
+    for rows in values.groupby(symbols, sort=False).indices.values():
+        out[rows] = stat(trailing_windows(array[rows], window))
+    return pd.Series(out, index=values.index)
+
+
+def _mean(windows: np.ndarray) -> np.ndarray:
+    return windows.mean(axis=1)
+
+
+def _std(windows: np.ndarray) -> np.ndarray:
+    return windows.std(axis=1, ddof=1)
+
+
+def _max(windows: np.ndarray) -> np.ndarray:
+    return windows.max(axis=1)
 
 
 def momentum(prices: pd.DataFrame, *, window: int, skip: int = 0) -> pd.Series:
@@ -109,7 +134,7 @@ def realized_volatility(
     def fn(values: pd.Series, symbols: pd.Series) -> pd.Series:
         log_price = np.log(values)
         log_ret = log_price - log_price.groupby(symbols, sort=False).shift(1)
-        return _unstack_group(_rolling(log_ret, symbols, window).std(ddof=1)) * scale
+        return _rolling(log_ret, symbols, window, _std) * scale
 
     return _per_symbol(prices, "adj_close", fn).rename("realized_volatility")
 
@@ -123,8 +148,8 @@ def volume_zscore(prices: pd.DataFrame, *, window: int = 20) -> pd.Series:
     _check_prices(prices, ["volume"])
 
     def fn(values: pd.Series, symbols: pd.Series) -> pd.Series:
-        mean = _unstack_group(_rolling(values, symbols, window).mean())
-        std = _unstack_group(_rolling(values, symbols, window).std(ddof=1))
+        mean = _rolling(values, symbols, window, _mean)
+        std = _rolling(values, symbols, window, _std)
         return (values - mean) / std.where(std > 0)
 
     return _per_symbol(prices, "volume", fn).rename("volume_zscore")
@@ -162,7 +187,7 @@ def amihud_illiquidity(prices: pd.DataFrame, *, window: int = 21) -> pd.Series:
     ret = adj / adj.groupby(symbols, sort=False).shift(1) - 1.0
     dollar_volume = ordered["close"].astype("float64") * ordered["volume"].astype("float64")
     ratio = ret.abs() / dollar_volume.where(dollar_volume > 0) * 1e6
-    out = _unstack_group(_rolling(ratio, symbols, window).mean())
+    out = _rolling(ratio, symbols, window, _mean)
     return out.reindex(prices.index).rename("amihud_illiquidity")
 
 
@@ -173,7 +198,7 @@ def distance_to_high(prices: pd.DataFrame, *, window: int = 252) -> pd.Series:
     _check_prices(prices, ["adj_close"])
 
     def fn(values: pd.Series, symbols: pd.Series) -> pd.Series:
-        return values / _unstack_group(_rolling(values, symbols, window).max()) - 1.0
+        return values / _rolling(values, symbols, window, _max) - 1.0
 
     return _per_symbol(prices, "adj_close", fn).rename("distance_to_high")
 

@@ -14,6 +14,18 @@ Conventions follow alphalens (Quantopian) unless stated otherwise.
 Build it with :func:`merge_factor_returns`. Rows with a missing ``factor`` or ``forward_return``
 are dropped before any computation (alphalens' "clean factor data"); turnover and rank
 autocorrelation only need ``factor``. All per-date outputs are indexed by the *signal* date.
+
+**The date grid.** Turnover, rank autocorrelation and the long-short portfolio's trades compare
+date t with the date ``horizon`` places before it on a grid of signal dates: by default the dates
+of ``df``; a caller that evaluates a range in pieces passes the same grid to every piece (the
+flows pass the sessions that have labels), so a date's value never depends on how the range was
+cut. Where the earlier grid date has nothing to compare with, the value is NaN (turnover,
+autocorrelation) or counts every name as bought (the portfolio's turnover).
+
+**Quantiles.** The number of quantiles is a parameter, never derived from the data. A date with
+fewer valid names than ``quantiles`` (or, with ``ties="drop"``, with ties that make bin edges
+repeat) gets no quantile: it has an IC but no quantile returns, spread, turnover or long-short
+return. The rule is per date, so it is the same however a range is partitioned.
 """
 
 from __future__ import annotations
@@ -84,6 +96,28 @@ def _check_quantiles(quantiles: int) -> int:
     return int(quantiles)
 
 
+def _check_horizon(horizon: int) -> int:
+    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
+        raise ValueError(f"horizon must be an integer >= 1 (sessions a position is held), got {horizon!r}.")
+    return int(horizon)
+
+
+def _grid(df: pd.DataFrame, dates: Any = None) -> pd.Index:
+    """The sorted signal dates against which "``periods`` dates before" is counted."""
+    grid = pd.Index(pd.unique(pd.Index(df["date"] if dates is None else dates))).sort_values()
+    outside = pd.Index(df["date"]).difference(grid)
+    if len(outside):
+        raise ValueError(f"df has dates that are not in dates, e.g. {outside[0]}: pass every signal date "
+                         "of df in dates (the grid that turnover and autocorrelation step back on).")
+    return grid.rename("date")
+
+
+def _previous(dates: Any, grid: pd.Index, periods: int) -> pd.Index:
+    """For each of ``dates``, the grid date ``periods`` places before it (NaT for the first ones)."""
+    before = pd.Series(grid[: max(len(grid) - periods, 0)], index=grid[periods:], dtype=grid.dtype)
+    return pd.Index(before.reindex(pd.Index(dates)).to_numpy())
+
+
 def _check_cost(cost_bps: float) -> None:
     if not math.isfinite(float(cost_bps)) or cost_bps < 0:
         raise ValueError(f"cost_bps must be a finite number >= 0, got {cost_bps!r}.")
@@ -126,9 +160,17 @@ def information_coefficient(
 @dataclass(frozen=True)
 class ICSummary:
     """Summary of an IC series: ``mean``; ``std`` (sample, ddof=1); ``ir = mean / std``;
-    ``t_stat = mean / (std / sqrt(n))``; two-sided ``p_value`` of that t statistic with ``n - 1``
-    degrees of freedom (as ``scipy.stats.ttest_1samp``, like alphalens); ``n`` = number of dates.
-    ``ir``, ``t_stat`` and ``p_value`` are NaN when ``std == 0``."""
+    ``t_stat`` and its two-sided ``p_value`` (t distribution, ``n - 1`` degrees of freedom);
+    ``n`` = number of dates; ``lags`` = Newey-West lags used for ``t_stat``.
+
+    With ``lags == 0`` (horizon 1): ``t_stat = mean / (std / sqrt(n))``, as
+    ``scipy.stats.ttest_1samp`` (and alphalens). With ``lags > 0`` (a horizon of ``lags + 1``
+    sessions, whose forward returns overlap): ``t_stat = mean / sqrt(S / n)`` with the
+    Hansen-Hodrick long-run variance ``S = g_0 + 2 * sum_{j=1..lags} g_j`` and autocovariances
+    ``g_j = sum_t (x_t - mean)(x_{t-j} - mean) / n`` (uniform weights: exact for the moving-average
+    errors that h-session overlaps produce; statsmodels' HAC with the uniform kernel). When that
+    estimate is not positive (it can be, in small samples), the Newey-West one (Bartlett weights
+    ``1 - j / (lags + 1)``) is used. ``ir``, ``t_stat``, ``p_value`` are NaN when ``std == 0``."""
 
     mean: float
     std: float
@@ -136,25 +178,52 @@ class ICSummary:
     t_stat: float
     p_value: float
     n: int
+    lags: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def ic_summary(ic: pd.Series) -> ICSummary:
-    """Summarize a per-date IC series (NaNs ignored); needs at least 2 observations."""
+def long_run_variance(values: np.ndarray, *, lags: int, kernel: Literal["uniform", "bartlett"] = "uniform") -> float:
+    """Long-run variance of a series around its mean: ``g_0 + 2 * sum_j w_j g_j`` over ``lags``
+    autocovariances, with ``w_j = 1`` (Hansen-Hodrick, ``uniform``) or ``1 - j / (lags + 1)``
+    (Newey-West, ``bartlett``). See :class:`ICSummary`."""
+    x = np.asarray(values, dtype="float64") - float(np.mean(values))
+    n = len(x)
+    variance = float(x @ x) / n
+    for j in range(1, min(lags, n - 1) + 1):
+        weight = 1.0 if kernel == "uniform" else 1.0 - j / (lags + 1)
+        variance += 2.0 * weight * float(x[j:] @ x[:-j]) / n
+    return variance
+
+
+def ic_summary(ic: pd.Series, *, lags: int = 0) -> ICSummary:
+    """Summarize a per-date IC series (NaNs ignored); needs at least 2 observations.
+
+    ``lags``: autocovariance lags of the t statistic's variance; use ``horizon - 1`` when the
+    forward returns of consecutive dates overlap (0, the default, is the classic t statistic).
+    """
+    if isinstance(lags, bool) or not isinstance(lags, int | np.integer) or lags < 0:
+        raise ValueError(f"lags must be an integer >= 0, got {lags!r}.")
     values = pd.Series(ic, dtype="float64").dropna().to_numpy()
     n = len(values)
     if n < 2:
         raise ValueError(f"ic_summary needs at least 2 non-missing IC values, got {n}.")
     mean, std = float(values.mean()), float(values.std(ddof=1))
     if std == 0:
-        return ICSummary(mean, std, math.nan, math.nan, math.nan, n)
-    t_stat = mean / (std / math.sqrt(n))
+        return ICSummary(mean, std, math.nan, math.nan, math.nan, n, int(lags))
+    if lags == 0:
+        scale = std / math.sqrt(n)
+    else:
+        variance = long_run_variance(values, lags=lags)
+        if variance <= 0:
+            variance = long_run_variance(values, lags=lags, kernel="bartlett")
+        scale = math.sqrt(max(variance, 0.0) / n)
+    t_stat = mean / scale if scale > 0 else math.nan
     from scipy import stats  # imported here: scipy costs ~0.5 s at import, and only this needs it
 
     p_value = float(2.0 * stats.t.sf(abs(t_stat), df=n - 1))
-    return ICSummary(mean, std, mean / std, t_stat, p_value, n)
+    return ICSummary(mean, std, mean / std, t_stat, p_value, n, int(lags))
 
 
 # --------------------------------------------------------------------------- quantiles
@@ -241,47 +310,60 @@ def top_minus_bottom(df: pd.DataFrame, *, quantiles: int = 5, ties: Ties = "drop
 
 
 def quantile_turnover(
-    df: pd.DataFrame, *, quantile: int, quantiles: int = 5, ties: Ties = "drop"
+    df: pd.DataFrame,
+    *,
+    quantile: int,
+    quantiles: int = 5,
+    ties: Ties = "drop",
+    period: int = 1,
+    dates: Any = None,
 ) -> pd.Series:
-    """Share of names in ``quantile`` on date t that were not in it on the previous date.
+    """Share of names in ``quantile`` on date t that were not in it ``period`` dates before.
 
-    alphalens' definition ``|S_t - S_prev| / |S_t|``, where the previous date is the previous
-    date on which the quantile was non-empty. Only ``factor`` is needed (NaN factors dropped).
-    The first date is NaN. Returns a Series named ``turnover`` indexed by date.
+    alphalens' definition ``|S_t - S_prev| / |S_t|`` (its ``quantile_turnover(..., period)``),
+    with ``prev`` the date ``period`` places before t on the grid ``dates`` (default: the dates of
+    ``df``; see the module docstring). NaN when there is no such date or the quantile was empty
+    on it. (alphalens steps back over the dates on which the quantile was non-empty; both agree
+    when every date has the quantile.) Only ``factor`` is needed (NaN factors dropped). Returns a
+    Series named ``turnover`` indexed by the dates on which the quantile is non-empty.
     """
     quantiles = _check_quantiles(quantiles)
     if not 1 <= quantile <= quantiles:
         raise ValueError(f"quantile must be in 1..{quantiles}, got {quantile!r}.")
+    period = _check_horizon(period)
     d = _with_quantiles(df, quantiles=quantiles, ties=ties, with_returns=False)
-    return _quantile_turnover(d, quantile)
+    return _quantile_turnover(d, quantile, _grid(df, dates), period)
 
 
-def _quantile_turnover(d: pd.DataFrame, quantile: int) -> pd.Series:
+def _quantile_turnover(d: pd.DataFrame, quantile: int, grid: pd.Index, period: int) -> pd.Series:
     members = d.loc[d["quantile"] == quantile, ["date", "symbol"]]
     if members.empty:
         return pd.Series([], dtype="float64", name="turnover", index=pd.Index([], name="date"))
-    dates = pd.Index(members["date"].drop_duplicates().sort_values())
-    prev_of = pd.Series(dates[:-1], index=dates[1:])
-    previous = pd.MultiIndex.from_arrays([members["date"].map(prev_of), members["symbol"]])
+    previous = pd.MultiIndex.from_arrays([_previous(members["date"], grid, period), members["symbol"]])
     current = pd.MultiIndex.from_frame(members[["date", "symbol"]])
     is_new = pd.Series(~previous.isin(current), index=members.index)
-    turnover = is_new.groupby(members["date"]).mean()
-    turnover.loc[dates[:1]] = np.nan
+    turnover = is_new.groupby(members["date"]).mean().astype("float64")
+    compared = _previous(turnover.index, grid, period).isin(pd.Index(members["date"].unique()))
+    turnover[~compared] = np.nan
     turnover.index.name = "date"
-    return turnover.astype("float64").rename("turnover")
+    return turnover.rename("turnover")
 
 
-def factor_rank_autocorrelation(df: pd.DataFrame) -> pd.Series:
-    """Spearman correlation of the factor between each date and the previous date.
+def factor_rank_autocorrelation(df: pd.DataFrame, *, period: int = 1, dates: Any = None) -> pd.Series:
+    """Spearman correlation of the factor between each date and the date ``period`` places before.
 
-    Computed over the names present (non-NaN factor) on both dates, re-ranked among those common
-    names. (alphalens ranks each full cross-section before correlating; both agree when the
-    universe does not change.) NaN for the first date and when < 2 common names. Returns a Series
-    named ``factor_rank_autocorrelation`` indexed by date.
+    The earlier date is counted on the grid ``dates`` (default: the dates of ``df``). Computed over
+    the names present (non-NaN factor) on both dates, re-ranked among those common names.
+    alphalens (``factor_rank_autocorrelation``) ranks each full cross-section first and then
+    correlates the ranks of the common names: the two agree when the universe does not change
+    (tested against alphalens both ways). NaN when there is no earlier date or < 2 common names.
+    Returns a Series named ``factor_rank_autocorrelation`` indexed by the dates of ``df``.
     """
+    period = _check_horizon(period)
     d = _clean(df, with_returns=False)
-    wide = d.pivot(index="date", columns="symbol", values=FACTOR).sort_index()
-    prev = wide.shift(1)
+    grid = _grid(df, dates)
+    wide = d.pivot(index="date", columns="symbol", values=FACTOR).reindex(grid)
+    prev = wide.shift(period)
     both = wide.notna() & prev.notna()
     stacked = pd.DataFrame(
         {
@@ -293,42 +375,46 @@ def factor_rank_autocorrelation(df: pd.DataFrame) -> pd.Series:
     ranks_now = stacked["now"].groupby(keys).rank()
     ranks_before = stacked["before"].groupby(keys).rank()
     rho = _rowwise_pearson(ranks_now, ranks_before, pd.Series(keys, index=stacked.index))
-    rho = rho.reindex(wide.index)
-    rho.index.name = "date"
+    rho = rho.reindex(pd.Index(sorted(d["date"].unique()), name="date"))
     return rho.astype("float64").rename("factor_rank_autocorrelation")
 
 
 # --------------------------------------------------------------------------- portfolios
 
 
-def _leg_turnover(weights: pd.DataFrame) -> pd.Series:
-    """One-way turnover per date: sum of weight increases vs the previous row (first row vs 0)."""
-    change = weights.diff()
-    change.iloc[0] = weights.iloc[0]
-    return change.clip(lower=0.0).sum(axis=1)
-
-
 def long_short_returns(
-    df: pd.DataFrame, *, quantiles: int = 5, cost_bps: float = 0.0, ties: Ties = "drop"
+    df: pd.DataFrame,
+    *,
+    quantiles: int = 5,
+    cost_bps: float = 0.0,
+    ties: Ties = "drop",
+    horizon: int = 1,
+    dates: Any = None,
 ) -> pd.DataFrame:
-    """Equal-weight long top quantile / short bottom quantile, rebalanced every date.
+    """Equal-weight long top quantile / short bottom quantile, one sub-portfolio per signal date.
 
     Per date t (dates where both legs are non-empty): ``long`` = mean ``forward_return`` of the
-    top quantile, ``short`` = mean of the bottom quantile, ``gross = long - short``.
-    Leg weights are ``1/n`` per name (each leg has gross weight 1). The one-way turnover of a
-    leg is ``TO_t = sum_i max(w_{t,i} - w_{prev,i}, 0)`` (the fraction of the leg bought; equals
-    ``0.5 * sum_i |w_{t,i} - w_{prev,i}|``), with ``prev`` the previous output date and ``w = 0``
-    before the first date (so the first date has ``TO = 1`` per leg). Then
-    ``turnover = TO_long + TO_short``, ``cost = cost_bps / 10_000 * turnover``,
-    ``net = gross - cost``. Weight drift between rebalances is ignored.
+    top quantile, ``short`` = mean of the bottom quantile, ``gross = long - short``: the return of
+    the sub-portfolio formed at t over its ``horizon`` sessions (the label's horizon). With
+    ``horizon`` h the book holds h overlapping sub-portfolios (as alphalens and Qlib), and the one
+    formed at t replaces the one formed h grid dates before (``dates``; default: the dates of
+    ``df``), so h = 1 is daily rebalancing. Leg weights are ``1/n`` per name (each leg has gross
+    weight 1). The one-way turnover of a leg is ``TO_t = sum_i max(w_{t,i} - w_{prev,i}, 0)``
+    (the fraction of the leg bought; equals ``0.5 * sum_i |w_{t,i} - w_{prev,i}|``), with ``w = 0``
+    when the replaced sub-portfolio does not exist (so the first date has ``TO = 1`` per leg).
+    Then ``turnover = TO_long + TO_short``, ``cost = cost_bps / 10_000 * turnover``,
+    ``net = gross - cost`` (the sub-portfolio's return net of the trades that formed it). Weight
+    drift between rebalances is ignored.
     Returns a DataFrame indexed by date with columns long, short, gross, turnover, cost, net.
     """
     quantiles = _check_quantiles(quantiles)
     _check_cost(cost_bps)
-    return _long_short(_with_quantiles(df, quantiles=quantiles, ties=ties), quantiles, cost_bps)
+    horizon = _check_horizon(horizon)
+    d = _with_quantiles(df, quantiles=quantiles, ties=ties)
+    return _long_short(d, quantiles, cost_bps, _grid(df, dates), horizon)
 
 
-def _long_short(d: pd.DataFrame, quantiles: int, cost_bps: float) -> pd.DataFrame:
+def _long_short(d: pd.DataFrame, quantiles: int, cost_bps: float, grid: pd.Index, horizon: int) -> pd.DataFrame:
     top, bottom = d[d["quantile"] == quantiles], d[d["quantile"] == 1]
     dates = pd.Index(sorted(set(top["date"]) & set(bottom["date"])), name="date")
     if len(dates) == 0:
@@ -340,12 +426,14 @@ def _long_short(d: pd.DataFrame, quantiles: int, cost_bps: float) -> pd.DataFram
     out["long"] = top.groupby("date")[RETURN].mean().reindex(dates)
     out["short"] = bottom.groupby("date")[RETURN].mean().reindex(dates)
     out["gross"] = out["long"] - out["short"]
-    turnover = pd.Series(0.0, index=dates)
+    replaced = _previous(dates, grid, horizon)
+    turnover = np.zeros(len(dates))
     for leg in (top, bottom):
         leg = leg[leg["date"].isin(dates)]
         weight = 1.0 / leg.groupby("date")["symbol"].transform("size")
-        wide = weight.groupby([leg["date"], leg["symbol"]]).sum().unstack(fill_value=0.0)
-        turnover = turnover + _leg_turnover(wide.reindex(dates, fill_value=0.0))
+        wide = weight.groupby([leg["date"], leg["symbol"]]).sum().unstack(fill_value=0.0).reindex(dates)
+        before = wide.reindex(replaced).fillna(0.0).to_numpy()
+        turnover += np.clip(wide.to_numpy() - before, 0.0, None).sum(axis=1)
     out["turnover"] = turnover
     out["cost"] = float(cost_bps) / 10_000.0 * out["turnover"]
     out["net"] = out["gross"] - out["cost"]
@@ -354,12 +442,16 @@ def _long_short(d: pd.DataFrame, quantiles: int, cost_bps: float) -> pd.DataFram
 
 @dataclass(frozen=True)
 class PerformanceSummary:
-    """Performance of a periodic return series (zero risk-free rate).
+    """Performance of a periodic return series (zero risk-free rate), as empyrical defines it.
 
-    ``annualized_return`` = arithmetic ``mean * periods_per_year``;
-    ``cagr`` = geometric ``(1 + total_return) ** (periods_per_year / n) - 1``;
-    ``annualized_volatility`` = ``std(ddof=1) * sqrt(periods_per_year)``;
+    ``annual_return`` = compound annual growth rate ``(1 + total_return) ** (periods_per_year / n)
+    - 1`` (``empyrical.annual_return``); ``mean_return_annualized`` = arithmetic
+    ``mean * periods_per_year`` (not a return anyone earned: kept under an honest name);
+    ``annual_volatility`` = ``std(ddof=1) * sqrt(periods_per_year)``;
     ``sharpe`` = ``mean / std * sqrt(periods_per_year)`` (NaN if std is 0 or n < 2);
+    ``sortino`` = ``mean * periods_per_year / (sqrt(mean(min(r, 0) ** 2)) * sqrt(periods_per_year))``
+    (NaN without a negative period); ``calmar`` = ``annual_return / |max_drawdown|`` (NaN without a
+    drawdown); ``hit_rate`` = share of periods with a return > 0;
     ``max_drawdown`` = min over time of ``W_t / max_{s<=t} W_s - 1`` (<= 0) for the wealth curve
     ``W = (1 + r).cumprod()`` started from ``W = 1`` before the first return (as empyrical);
     ``peak_date``/``trough_date``: index labels of the drawdown's peak and trough (``peak_date``
@@ -369,10 +461,13 @@ class PerformanceSummary:
 
     n: int
     total_return: float
-    annualized_return: float
-    cagr: float
-    annualized_volatility: float
+    annual_return: float
+    mean_return_annualized: float
+    annual_volatility: float
     sharpe: float
+    sortino: float
+    calmar: float
+    hit_rate: float
     max_drawdown: float
     peak_date: Hashable | None
     trough_date: Hashable | None
@@ -396,12 +491,13 @@ def _drawdown(r: pd.Series) -> tuple[float, Hashable | None, Hashable | None, Ha
     return max_dd, labels[peak], labels[trough], recovery
 
 
-def performance_summary(returns: pd.Series, *, periods_per_year: int = 252) -> PerformanceSummary:
+def performance_summary(returns: pd.Series, *, periods_per_year: float = 252) -> PerformanceSummary:
     """Summarize simple periodic returns (e.g. the ``net`` column of long_short_returns).
 
-    NaN returns are dropped. See :class:`PerformanceSummary` for the exact definitions.
+    NaN returns are dropped. ``periods_per_year`` is 252 for daily returns and ``252 / h`` for
+    the returns of positions held h sessions. See :class:`PerformanceSummary` for the definitions.
     """
-    if periods_per_year <= 0:
+    if not periods_per_year > 0:
         raise ValueError(f"periods_per_year must be positive, got {periods_per_year!r}.")
     r = pd.Series(returns, dtype="float64").dropna()
     n = len(r)
@@ -411,17 +507,23 @@ def performance_summary(returns: pd.Series, *, periods_per_year: int = 252) -> P
         raise ValueError(
             "returns contain values <= -100%; pass simple returns, not log/price data."
         )
-    mean = float(r.mean())
-    std = float(r.std(ddof=1)) if n > 1 else math.nan
-    total = float(np.prod(1.0 + r.to_numpy()) - 1.0)
+    values = r.to_numpy()
+    mean = float(values.mean())
+    std = float(values.std(ddof=1)) if n > 1 else math.nan
+    downside = math.sqrt(float(np.mean(np.minimum(values, 0.0) ** 2)))
+    total = float(np.prod(1.0 + values) - 1.0)
+    annual = (1.0 + total) ** (periods_per_year / n) - 1.0
     max_dd, peak, trough, recovery = _drawdown(r)
     return PerformanceSummary(
         n=n,
         total_return=total,
-        annualized_return=mean * periods_per_year,
-        cagr=(1.0 + total) ** (periods_per_year / n) - 1.0,
-        annualized_volatility=std * math.sqrt(periods_per_year),
+        annual_return=annual,
+        mean_return_annualized=mean * periods_per_year,
+        annual_volatility=std * math.sqrt(periods_per_year),
         sharpe=mean / std * math.sqrt(periods_per_year) if std and std > 0 else math.nan,
+        sortino=mean * math.sqrt(periods_per_year) / downside if downside > 0 else math.nan,
+        calmar=annual / abs(max_dd) if max_dd < 0 else math.nan,
+        hit_rate=float((values > 0).mean()),
         max_drawdown=max_dd,
         peak_date=peak,
         trough_date=trough,
@@ -448,38 +550,49 @@ class FactorEvaluation:
 
 DAILY_COLUMNS = ("ic", "rank_ic", "top_minus_bottom", "long", "short", "gross", "turnover", "cost", "net",
                  "top_turnover", "bottom_turnover", "rank_autocorrelation")
+PERFORMANCE_KEYS = ("annual_return", "mean_return_annualized", "annual_volatility", "sharpe", "sortino",
+                    "calmar", "max_drawdown", "hit_rate")
 
 
 def daily_metrics(
-    df: pd.DataFrame, *, quantiles: int = 5, cost_bps: float = 0.0, ties: Ties = "drop"
+    df: pd.DataFrame,
+    *,
+    quantiles: int = 5,
+    cost_bps: float = 0.0,
+    ties: Ties = "drop",
+    horizon: int = 1,
+    dates: Any = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The per-signal-date series of the evaluation, and the per-date quantile mean returns.
 
     Returns ``(daily, quantile_by_date)``: ``daily`` indexed by date with the columns
     :data:`DAILY_COLUMNS` (``ic``/``rank_ic``: :func:`information_coefficient`;
     ``top_minus_bottom``: :func:`top_minus_bottom`; ``long``..``net``:
-    :func:`long_short_returns`; ``top_turnover``/``bottom_turnover``: :func:`quantile_turnover`;
-    ``rank_autocorrelation``: :func:`factor_rank_autocorrelation`); ``quantile_by_date``:
+    :func:`long_short_returns`; ``top_turnover``/``bottom_turnover``: :func:`quantile_turnover`
+    and ``rank_autocorrelation``: :func:`factor_rank_autocorrelation`, both with
+    ``period=horizon``, as alphalens does per forward-return period); ``quantile_by_date``:
     ``QuantileReturns.by_date``. A series that cannot be computed is all NaN.
 
-    Every value at date t depends only on rows at t and at the previous dates the turnover and
-    autocorrelation definitions look back to, so the series of a date range can be computed in
-    pieces (each with a few sessions before it) and concatenated: that is how the backfill
-    evaluates year partitions in parallel before :func:`summarize_daily`.
+    Every value at date t depends only on rows at t and at the grid date ``horizon`` places
+    before it (``dates``, default the dates of ``df``), so a range computed in pieces (each
+    piece with at least ``horizon`` grid dates before it, and the same grid) concatenates to
+    exactly the one-pass result: that is how the flows evaluate partitions in parallel.
     """
     quantiles = _check_quantiles(quantiles)
     _check_cost(cost_bps)
+    horizon = _check_horizon(horizon)
+    grid = _grid(df, dates)
     ic = information_coefficient(df, method="pearson")
     rank_ic = information_coefficient(df, method="spearman")
     with_returns = _with_quantiles(df, quantiles=quantiles, ties=ties)
     factor_only = _with_quantiles(df, quantiles=quantiles, ties=ties, with_returns=False)
     qr = _quantile_returns(with_returns, quantiles)
     spread = (qr.by_date[quantiles] - qr.by_date[1]).dropna().rename("top_minus_bottom")
-    top_to = _quantile_turnover(factor_only, quantiles).rename("top_turnover")
-    bottom_to = _quantile_turnover(factor_only, 1).rename("bottom_turnover")
-    autocorr = factor_rank_autocorrelation(df).rename("rank_autocorrelation")
+    top_to = _quantile_turnover(factor_only, quantiles, grid, horizon).rename("top_turnover")
+    bottom_to = _quantile_turnover(factor_only, 1, grid, horizon).rename("bottom_turnover")
+    autocorr = factor_rank_autocorrelation(df, period=horizon, dates=grid).rename("rank_autocorrelation")
     try:
-        ls = _long_short(with_returns, quantiles, cost_bps)
+        ls = _long_short(with_returns, quantiles, cost_bps, grid, horizon)
     except ValueError:
         ls = pd.DataFrame(columns=["long", "short", "gross", "turnover", "cost", "net"], dtype="float64")
     daily = pd.concat([ic.rename("ic"), rank_ic.rename("rank_ic"), spread, ls, top_to, bottom_to, autocorr],
@@ -489,22 +602,49 @@ def daily_metrics(
     return daily, qr.by_date
 
 
-def summarize_daily(daily: pd.DataFrame, *, periods_per_year: int = 252) -> dict[str, float]:
+def sub_portfolio_performance(
+    returns: pd.Series, *, horizon: int = 1, periods_per_year: int = 252
+) -> dict[str, float]:
+    """Performance of a book of ``horizon`` overlapping sub-portfolios, from their returns.
+
+    ``returns``: per signal date, the ``horizon``-session return of the sub-portfolio formed that
+    date (the ``gross``/``net`` columns of :func:`long_short_returns`), in date order. Sub-
+    portfolio k holds the dates ``k, k + h, k + 2h, ...``: a series of non-overlapping h-session
+    returns, summarized by :func:`performance_summary` with ``periods_per_year / h`` periods a
+    year (annualising by the holding period). Each figure of :data:`PERFORMANCE_KEYS` is the mean
+    over the h sub-portfolios; with ``horizon=1`` it is exactly ``performance_summary(returns)``.
+    Overlapping h-session returns are never compounded or annualised as if they were daily.
+    """
+    horizon = _check_horizon(horizon)
+    r = pd.Series(returns, dtype="float64").sort_index()
+    perfs = [performance_summary(part, periods_per_year=periods_per_year / horizon)
+             for k in range(horizon) if len(part := r.iloc[k::horizon].dropna())]
+    if not perfs:
+        return dict.fromkeys(PERFORMANCE_KEYS, math.nan)
+    return {key: float(np.nanmean([getattr(p, key) for p in perfs]))
+            if any(not math.isnan(getattr(p, key)) for p in perfs) else math.nan for key in PERFORMANCE_KEYS}
+
+
+def summarize_daily(daily: pd.DataFrame, *, periods_per_year: int = 252, horizon: int = 1) -> dict[str, float]:
     """The summary metrics of a factor from its daily series (:func:`daily_metrics`).
 
     Keys: ``n_dates`` (dates with a rank IC); ``ic_*`` (Pearson) and ``rank_ic_*`` (Spearman)
-    ``mean, std, ir, t_stat, p_value`` (:func:`ic_summary`); ``top_minus_bottom_mean``;
-    ``top_turnover_mean``/``bottom_turnover_mean``; ``rank_autocorrelation_mean``; ``ls_*`` and
-    ``ls_net_*`` ``annual_return, sharpe, max_drawdown`` of the gross and net long-short returns
-    (:func:`performance_summary`) and ``ls_turnover_mean``. Means skip NaN; a metric that cannot
-    be computed (too few dates or names) is NaN rather than an error.
+    ``mean, std, ir, t_stat, p_value`` (:func:`ic_summary` with ``horizon - 1`` lags (Hansen-Hodrick),
+    since the forward returns of consecutive dates overlap for ``horizon > 1``);
+    ``top_minus_bottom_mean``; ``top_turnover_mean``/``bottom_turnover_mean``;
+    ``rank_autocorrelation_mean``; ``ls_*`` and ``ls_net_*`` for each of :data:`PERFORMANCE_KEYS`
+    (``annual_return`` is the compound annual growth rate, as ``empyrical.annual_return``) of the
+    gross and net long-short book (:func:`sub_portfolio_performance`); ``ls_turnover_mean``.
+    Means skip NaN; a metric that cannot be computed (too few dates or names) is NaN rather than
+    an error.
     """
     nan = math.nan
+    horizon = _check_horizon(horizon)
     daily = daily.sort_index()
     summary: dict[str, float] = {"n_dates": float(daily["rank_ic"].notna().sum())}
     for prefix in ("ic", "rank_ic"):
         try:
-            stats_ = ic_summary(daily[prefix]).to_dict()
+            stats_ = ic_summary(daily[prefix], lags=horizon - 1).to_dict()
         except ValueError:
             stats_ = dict.fromkeys(("mean", "std", "ir", "t_stat", "p_value"), nan)
         for key in ("mean", "std", "ir", "t_stat", "p_value"):
@@ -512,13 +652,11 @@ def summarize_daily(daily: pd.DataFrame, *, periods_per_year: int = 252) -> dict
     for column in ("top_minus_bottom", "top_turnover", "bottom_turnover", "rank_autocorrelation"):
         values = daily[column].dropna()
         summary[f"{column}_mean"] = float(values.mean()) if len(values) else nan
-    ls = daily.dropna(subset=["gross"])
     for prefix, column in (("ls", "gross"), ("ls_net", "net")):
-        perf = performance_summary(ls[column], periods_per_year=periods_per_year) if len(ls) else None
-        summary[f"{prefix}_annual_return"] = perf.annualized_return if perf else nan
-        summary[f"{prefix}_sharpe"] = perf.sharpe if perf else nan
-        summary[f"{prefix}_max_drawdown"] = perf.max_drawdown if perf else nan
-    summary["ls_turnover_mean"] = float(ls["turnover"].mean()) if len(ls) else nan
+        perf = sub_portfolio_performance(daily[column], horizon=horizon, periods_per_year=periods_per_year)
+        summary |= {f"{prefix}_{key}": value for key, value in perf.items()}
+    turnover = daily.dropna(subset=["gross"])["turnover"]
+    summary["ls_turnover_mean"] = float(turnover.mean()) if len(turnover) else nan
     return summary
 
 
@@ -529,11 +667,13 @@ def evaluate_factor(
     cost_bps: float = 0.0,
     periods_per_year: int = 252,
     ties: Ties = "drop",
+    horizon: int = 1,
 ) -> FactorEvaluation:
     """The alphalens tear sheet's numbers for one factor, each with this module's definition:
     :func:`daily_metrics` then :func:`summarize_daily` (see both for the exact keys).
-    Quantiles are computed once per frame (with and without the return filter).
+    ``horizon``: sessions each position is held (the labels' horizon).
     """
-    daily, by_date = daily_metrics(df, quantiles=quantiles, cost_bps=cost_bps, ties=ties)
-    return FactorEvaluation(summary=summarize_daily(daily, periods_per_year=periods_per_year), daily=daily,
-                            quantile_mean=by_date.mean().rename("mean_return"), quantile_by_date=by_date)
+    daily, by_date = daily_metrics(df, quantiles=quantiles, cost_bps=cost_bps, ties=ties, horizon=horizon)
+    summary = summarize_daily(daily, periods_per_year=periods_per_year, horizon=horizon)
+    return FactorEvaluation(summary=summary, daily=daily, quantile_mean=by_date.mean().rename("mean_return"),
+                            quantile_by_date=by_date)

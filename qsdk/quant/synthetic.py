@@ -329,3 +329,54 @@ def _volume(
         * np.exp(0.3 * draws["volume_noise"] + 0.2 * np.minimum(surprise, 5.0))
     )
     return np.maximum(np.rint(raw), 1.0).astype(np.int64)
+
+
+def _hash_uniform(keys: pd.DataFrame, *, salt: str) -> np.ndarray:
+    """A uniform in [0, 1) per row, a pure function of the row's keys and ``salt`` (so the same
+    (symbol, date) draws the same number in any range or partition)."""
+    hashed = pd.util.hash_pandas_object(keys.assign(_salt=salt), index=False).to_numpy()
+    return (hashed >> np.uint64(11)).astype("float64") / float(2**53)
+
+
+def vendor_delivery(
+    signal: pd.DataFrame,
+    *,
+    seed: int = 0,
+    calendar: str = "XNYS",
+    late_share: float = 0.1,
+    restated_share: float = 0.05,
+    restate_after: int = 3,
+) -> pd.DataFrame:
+    """The vendor's file for ``signal`` (``date, symbol, value``): every value with the time it was
+    published, ``published_at``, as a real vendor delivers it.
+
+    Most values are published at the close of ``date``. A share ``late_share`` is published one
+    hour after the *next* session's open, too late for a decision at the close of ``date``. A
+    share ``restated_share`` is published at the close and restated at the close ``restate_after``
+    sessions later: a second row with the same ``date`` and ``symbol``, the revised value
+    ``value + u - 0.5`` (``u`` uniform) and the later ``published_at``. Which values are late or
+    restated is a hash of (``seed``, symbol, date), so it never depends on the range generated.
+    Returns ``date, symbol, value, published_at`` (UTC), sorted by date, symbol and publication.
+    """
+    from qsdk.quant.calendar import get_calendar, session_closes
+
+    out = signal[["date", "symbol", "value"]].reset_index(drop=True)
+    if out.empty:
+        return out.assign(published_at=pd.Series([], dtype="datetime64[ns, UTC]"))
+    keys = pd.DataFrame({"symbol": out["symbol"].astype(str),
+                         "date": pd.to_datetime(out["date"]).dt.strftime("%Y-%m-%d"), "seed": str(seed)})
+    draw = _hash_uniform(keys, salt="delay")
+    cal = get_calendar(calendar)
+    days = pd.DatetimeIndex(pd.to_datetime(out["date"])).normalize()
+    all_sessions = cal.sessions.tz_localize(None) if cal.sessions.tz is not None else cal.sessions
+    position = all_sessions.get_indexer(days)
+    next_open = pd.DatetimeIndex(pd.to_datetime(cal.opens, utc=True).iloc[position + 1])
+    published = pd.Series(session_closes(days, calendar=calendar), index=out.index)
+    late = draw < late_share
+    published[late] = (next_open + pd.Timedelta(hours=1))[late]
+    restated = (draw >= late_share) & (draw < late_share + restated_share)
+    revision = out[restated].assign(
+        value=out.loc[restated, "value"] + _hash_uniform(keys[restated], salt="revision") - 0.5,
+        published_at=session_closes(all_sessions[position[restated] + restate_after], calendar=calendar))
+    delivered = pd.concat([out.assign(published_at=published), revision], ignore_index=True)
+    return delivered.sort_values(["date", "symbol", "published_at"], kind="mergesort").reset_index(drop=True)

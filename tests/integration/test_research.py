@@ -15,7 +15,7 @@ from qsdk.errors import ParameterError, RegistryError
 from qsdk.sdk import QuantSDK
 from tests.conftest import REPO
 
-SYNTHETIC = {"source": "synthetic", "n_symbols": 30, "start": "2010-01-01", "end": "2010-12-31"}
+SYNTHETIC = {"source": "synthetic", "n_symbols": 30, "start": "2010-01-01", "end": "2010-12-31", "quantiles": 5}
 ALPHAS = {"composite", "ic_weighted"}
 
 
@@ -108,16 +108,51 @@ def test_point_in_time_join_on_the_flow_tables(planted):
     assert out["vendor_signal"].iloc[0] == vendor.loc[("SYN0001", days[0]), "value"]
 
 
+def test_the_flow_uses_only_what_the_vendor_had_published_by_the_decision(planted):
+    """The synthetic vendor publishes some values after the next open and restates some later. At
+    the close of a date, the point-in-time join returns only values published by then (a late
+    value's symbol keeps an earlier value; a restated one its original), and evaluate_daily's IC of
+    the vendor signal is the one of those values, not of the values the vendor filed for that date."""
+    from qsdk.quant.calendar import session_closes
+
+    signals = _table(planted, "bronze.signals").sort_values(["symbol", "date", "published_at"])
+    signals["close"] = session_closes(signals["date"])
+    first = ~signals.duplicated(["symbol", "date"])
+    late, restated = signals[first & (signals["published_at"] > signals["close"])], signals[~first]
+    assert len(late) > 300 and len(restated) > 150
+    vendor = _table(planted, "gold.features_vendor")
+    assert len(vendor) == len(signals) and set(zip(vendor["symbol"], vendor["date"], vendor["known_time"],
+                                                   strict=True)) == set(zip(signals["symbol"], signals["date"],
+                                                                            signals["published_at"], strict=True))
+    queries = pd.concat([late, restated])[["symbol", "date", "close"]].rename(columns={"close": "timestamp"})
+    seen = planted.loader().training_set(queries.reset_index(drop=True), ["vendor"])["vendor_signal"].to_numpy()
+    assert not (seen[: len(late)] == late["value"].to_numpy()).any()  # not yet published at the close
+    originals = signals[first].set_index(["symbol", "date"]).loc[list(zip(restated["symbol"], restated["date"],
+                                                                          strict=True)), "value"]
+    assert (seen[len(late):] == originals.to_numpy()).all()  # the restatement is not known yet
+    # the flow's own evaluation of a date with late values used what was published by its close
+    day = late["date"].value_counts().index[0]
+    daily = _table(planted, "gold.alpha_daily")
+    stored = daily[(daily["factor"] == "vendor_signal") & (daily["date"] == day)]["rank_ic"].item()
+    labels = _table(planted, "gold.labels")
+    labels = labels[labels["date"] == day]
+    at_close = labels[["symbol"]].assign(timestamp=session_closes([day] * len(labels)))
+    known = planted.loader().training_set(at_close, ["vendor"]).assign(forward_return=labels["forward_return"].to_numpy())
+    assert stored == pytest.approx(known["vendor_signal"].corr(known["forward_return"], method="spearman"))
+    filed = signals[first & (signals["date"] == day)].merge(labels, on=["symbol", "date"])
+    assert stored != pytest.approx(filed["value"].corr(filed["forward_return"], method="spearman"))
+
+
 def test_daily_appends_one_session_idempotently(planted):
     from qsdk.quant import features as F
 
     before = {t: _table(planted, t) for t in ("gold.alpha_scores", "gold.features_risk", "gold.labels",
                                               "gold.alpha_daily")}
     planted.run_pipeline("daily", params={"date": "2011-01-03", "source": "synthetic", "n_symbols": 30,
-                                          "signal_strength": 0.25}, track=False)
+                                          "signal_strength": 0.25, "quantiles": 5}, track=False)
     first = {t: _table(planted, t) for t in before}
     planted.run_pipeline("daily", params={"date": "2011-01-03", "source": "synthetic", "n_symbols": 30,
-                                          "signal_strength": 0.25}, track=False)
+                                          "signal_strength": 0.25, "quantiles": 5}, track=False)
     second = {t: _table(planted, t) for t in before}
     day = pd.Timestamp("2011-01-03").date()
     scores = second["gold.alpha_scores"]

@@ -65,3 +65,48 @@ def test_ic_weights_wait_for_an_earlier_date_published_late():
     decision = pd.Series([close + pd.Timedelta(days=2)], index=[D[4]])
     w = point_in_time_ic_weights(ics, known, decision, window=5, min_periods=1)
     assert w["f"].iloc[0] == 1.0
+
+
+def _alpha_scores(prices: pd.DataFrame, *, leak: bool = False) -> pd.DataFrame:
+    """Both alphas as the alpha stage builds them (composite; ic_weighted from the ICs whose labels
+    were known at each close). ``leak``: treat a label as known one session early."""
+    from qsdk.quant.calendar import session_closes
+    from qsdk.quant.features import compute_features, label_frame
+
+    spec = [{"name": "mom_21", "kind": "momentum", "window": 21}, {"name": "rev_5", "kind": "reversal"},
+            {"name": "vol_21", "kind": "realized_volatility", "window": 21},
+            {"name": "amihud_21", "kind": "amihud_illiquidity", "window": 21},
+            {"name": "high_63", "kind": "distance_to_high", "window": 63}]
+    names = [s["name"] for s in spec]
+    feats = compute_features(prices.reset_index(drop=True), spec=spec)
+    z = cross_sectional_zscore(feats, names)
+    labels = label_frame(prices, lag=1, horizon=1)
+    labels["known_time"] = session_closes(labels["trade_date" if leak else "exit_date"])
+    ics = feature_ics(feats[["date", "symbol"]].join(z).merge(labels, on=["date", "symbol"]), names)
+    dates = pd.Index(sorted(feats["date"].unique()))
+    decisions = pd.Series(session_closes(dates), index=dates)
+    weights = point_in_time_ic_weights(ics, labels.groupby("date")["known_time"].max(), decisions,
+                                       window=20, min_periods=5)
+    return feats[["date", "symbol"]].assign(
+        composite=combine(z, {"mom_21": 1.0, "rev_5": 1.0, "vol_21": -1.0}),
+        ic_weighted=combine(z, weights.reindex(feats["date"]).set_axis(feats.index)))
+
+
+def test_alpha_scores_at_a_decision_are_unchanged_when_the_future_is_removed():
+    """Scores at t from prices truncated after t (so only the labels known by the close of t exist)
+    equal the scores from the full history, bit for bit; a label used one session early breaks it."""
+    from qsdk.quant.synthetic import generate_prices
+
+    prices = generate_prices(n_symbols=15, start="2015-01-01", end="2015-12-31", seed=3, signal_strength=0.3)
+    dates = sorted(prices["date"].unique())
+    for leak in (False, True):
+        full = _alpha_scores(prices, leak=leak)
+        changed = []
+        for cutoff in (dates[150], dates[-2]):
+            past = _alpha_scores(prices[prices["date"] <= cutoff], leak=leak)
+            on_day = full["date"] == cutoff
+            assert full.loc[on_day, "ic_weighted"].notna().all()
+            changed += [c for c in ("composite", "ic_weighted")
+                        if not full.loc[on_day, c].reset_index(drop=True).equals(
+                            past.loc[past["date"] == cutoff, c].reset_index(drop=True))]
+        assert changed == (["ic_weighted", "ic_weighted"] if leak else [])

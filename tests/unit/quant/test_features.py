@@ -269,3 +269,61 @@ def test_at_session_close_stamps_the_close_including_early_closes():
     assert list(out["event_time"]) == [pd.Timestamp("2012-11-23 18:00", tz="UTC"),  # 13:00 New York
                                        pd.Timestamp("2012-11-26 21:00", tz="UTC")]
     assert (out["known_time"] - out["event_time"] == pd.Timedelta(minutes=15)).all()
+
+
+def _flow_feature_spec() -> list[dict]:
+    """MOMENTUM + RISK as the features stage declares them (read from its notebook)."""
+    import ast
+    import json
+
+    from tests.conftest import REPO
+
+    cells = json.loads((REPO / "notebooks/research/features.ipynb").read_text())["cells"]
+    specs = {}
+    for cell in cells:
+        if cell["cell_type"] == "code" and "MOMENTUM" in "".join(cell["source"]):
+            for node in ast.parse("".join(cell["source"])).body:
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in ("MOMENTUM", "RISK"):
+                    specs[node.targets[0].id] = ast.literal_eval(node.value)
+    return specs["MOMENTUM"] + specs["RISK"]
+
+
+def _changed_by_the_future(compute, prices: pd.DataFrame, cutoffs) -> list[str]:
+    """Columns whose values up to each cutoff change when the prices after it are removed."""
+    full = compute(prices)
+    changed = set()
+    for cutoff in cutoffs:
+        past = compute(prices[prices["date"] <= cutoff])
+        for column in past.columns:
+            if not full.loc[past.index, column].equals(past[column]):
+                changed.add(column)
+    return sorted(changed)
+
+
+def test_every_feature_the_flow_computes_is_unchanged_when_the_future_is_removed():
+    """Values at t from prices truncated after t equal values from the full prices, bit for bit,
+    for every feature of the features stage (amihud_illiquidity and distance_to_high included),
+    at several cutoffs: a feature that read one session ahead would change at the cutoff."""
+    from qsdk.quant.features import FEATURE_KINDS
+
+    spec = _flow_feature_spec()
+    assert {item["kind"] for item in spec} == set(FEATURE_KINDS)
+    prices = generate_prices(n_symbols=6, start="2014-01-01", end="2015-12-31", seed=5)
+    dates = sorted(prices["date"].unique())
+    cutoffs = [dates[-60], dates[-30], dates[-2]]
+    full = compute_features(prices, spec=spec)
+    assert full.loc[full["date"] == cutoffs[0], [s["name"] for s in spec]].notna().any().all()  # windows full
+    assert _changed_by_the_future(lambda p: compute_features(p, spec=spec), prices, cutoffs) == []
+
+
+def test_the_truncation_check_catches_a_one_session_leak():
+    spec = [{"name": "rev_5", "kind": "reversal", "window": 5}]
+    prices = generate_prices(n_symbols=6, start="2015-01-01", end="2015-12-31", seed=5)
+    dates = sorted(prices["date"].unique())
+
+    def leaky(p: pd.DataFrame) -> pd.DataFrame:  # uses the next session's close
+        out = compute_features(p, spec=spec)
+        out["rev_5"] = out.groupby("symbol")["rev_5"].shift(-1)
+        return out
+
+    assert _changed_by_the_future(leaky, prices, [dates[-30]]) == ["rev_5"]

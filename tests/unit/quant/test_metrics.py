@@ -5,6 +5,8 @@ import pandas as pd
 import pytest
 
 from qsdk.quant.metrics import (
+    daily_metrics,
+    evaluate_factor,
     factor_rank_autocorrelation,
     ic_summary,
     information_coefficient,
@@ -76,7 +78,7 @@ def test_ic_summary_hand_computed():
     assert s.ir == pytest.approx(2.0)
     assert s.t_stat == pytest.approx(3.4641016, abs=1e-7)
     assert s.p_value == pytest.approx(1 - math.sqrt(12 / 14), abs=1e-9)
-    assert set(s.to_dict()) == {"mean", "std", "ir", "t_stat", "p_value", "n"}
+    assert set(s.to_dict()) == {"mean", "std", "ir", "t_stat", "p_value", "n", "lags"}
     with pytest.raises(ValueError, match="at least 2"):
         ic_summary(pd.Series([0.1, np.nan]))
     assert math.isnan(ic_summary(pd.Series([0.1, 0.1])).t_stat)
@@ -214,14 +216,18 @@ def test_performance_summary_hand_computed():
     # deviations .0625 -.2375 .0125 .1625 ; squares sum = .086875 ; var = .086875/3
     std = math.sqrt(0.086875 / 3)  # 0.1701715
     assert s.n == 4
-    assert s.annualized_return == pytest.approx(9.45)
-    assert s.annualized_volatility == pytest.approx(std * math.sqrt(252))
+    assert s.mean_return_annualized == pytest.approx(9.45)
+    assert s.annual_volatility == pytest.approx(std * math.sqrt(252))
     assert s.sharpe == pytest.approx(0.0375 / std * math.sqrt(252))
     # wealth 1 -> 1.1 -> .88 -> .924 -> 1.1088 ; total return .1088
     assert s.total_return == pytest.approx(0.1088)
-    assert s.cagr == pytest.approx(1.1088 ** (252 / 4) - 1)
+    assert s.annual_return == pytest.approx(1.1088 ** (252 / 4) - 1)  # compound, not 9.45
     # peak 1.1 on 01-04, trough .88 on 01-05: .88/1.1 - 1 = -.2 ; regained 1.1 on 01-07
     assert s.max_drawdown == pytest.approx(-0.2)
+    # downside deviation sqrt((0 + .04 + 0 + 0) / 4) = .1 ; sortino = .0375 * 252 / (.1 * sqrt(252))
+    assert s.sortino == pytest.approx(0.0375 * math.sqrt(252) / 0.1)
+    assert s.calmar == pytest.approx(s.annual_return / 0.2)
+    assert s.hit_rate == pytest.approx(0.75)
     assert (s.peak_date, s.trough_date, s.recovery_date) == (idx[0], idx[1], idx[3])
 
 
@@ -296,8 +302,9 @@ def test_evaluate_factor_bundles_the_hand_computed_metrics(q_frame):
     assert s["top_minus_bottom_mean"] == pytest.approx((0.025 + 0.01 + 0.01) / 3)
     assert s["top_turnover_mean"] == pytest.approx(0.75) and s["bottom_turnover_mean"] == pytest.approx(0.75)
     assert s["rank_autocorrelation_mean"] == pytest.approx(-0.9)
-    assert s["ls_annual_return"] == pytest.approx(0.045 / 3 * 252)
-    assert s["ls_net_annual_return"] == pytest.approx(0.040 / 3 * 252)
+    assert s["ls_mean_return_annualized"] == pytest.approx(0.045 / 3 * 252)
+    assert s["ls_net_mean_return_annualized"] == pytest.approx(0.040 / 3 * 252)
+    assert s["ls_net_annual_return"] == pytest.approx((1.023 * 1.008 * 1.009) ** (252 / 3) - 1)
     assert s["ls_turnover_mean"] == pytest.approx(5 / 3)
     np.testing.assert_allclose(ev.quantile_mean.to_numpy(), [0.025 / 3, 0.07 / 3])
     np.testing.assert_allclose(ev.daily["net"].to_numpy(), [0.023, 0.008, 0.009], atol=1e-12)
@@ -339,3 +346,124 @@ def test_daily_series_computed_in_pieces_summarize_to_the_whole_range_evaluation
     pd.testing.assert_frame_equal(pd.concat(by_date), whole.quantile_by_date)
     assert summarize_daily(daily) == pytest.approx(whole.summary, nan_ok=True)
     assert whole.summary["rank_ic_mean"] > 0.1  # the planted factor: the comparison is not vacuous
+
+
+def _panel_with_gaps(seed: int = 3) -> tuple[pd.DataFrame, pd.DatetimeIndex]:
+    """A planted factor on 40 sessions x 12 names, with the awkward dates a partition can hit:
+    dates with fewer names than quantiles, and a run of dates where the factor is missing
+    altogether (longer than a partition's look-back)."""
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2021-01-04", periods=40)
+    symbols = [f"S{i:02d}" for i in range(12)]
+    df = pd.DataFrame([(d, s) for d in dates for s in symbols], columns=["date", "symbol"])
+    df["factor"] = rng.standard_normal(len(df))
+    df["forward_return"] = 0.01 * (0.4 * df["factor"] + rng.standard_normal(len(df)))
+    df = df.sample(frac=0.9, random_state=seed)
+    few = df["date"].isin(dates[[7, 20, 21]]) & (df["symbol"] > "S02")  # 3 names or fewer: no quantiles
+    gap = df["date"].isin(dates[26:33])  # no factor at all for 7 sessions
+    df = df[~few & ~gap].sort_values(["date", "symbol"]).reset_index(drop=True)
+    return df, dates
+
+
+def _in_pieces(df, grid, bounds, *, lookback, **kwargs):
+    daily, by_date = [], []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        window = df[df["date"].between(grid[max(lo - lookback, 0)], grid[hi - 1])]
+        d, q = daily_metrics(window, dates=grid[max(lo - lookback, 0):hi], **kwargs)
+        daily.append(d.loc[grid[lo]:])
+        by_date.append(q.loc[grid[lo]:])
+    return pd.concat(daily), pd.concat(by_date)
+
+
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_daily_metrics_are_identical_for_any_partitioning_of_the_range(horizon):
+    """Property: for random partitionings of the range (blocks of any length, single days, one
+    pass), every per-date row is bit-identical; each piece reads `horizon + 1` grid dates before it
+    and steps back on the same grid of sessions, as the evaluate_daily stage does."""
+    df, grid = _panel_with_gaps()
+    options = {"quantiles": 4, "cost_bps": 7.0, "horizon": horizon}
+    whole, whole_q = daily_metrics(df, dates=grid, **options)
+    assert whole["top_turnover"].notna().sum() > 15 and whole["rank_autocorrelation"].notna().sum() > 15
+    assert grid[7] in whole.index and np.isnan(whole.loc[grid[7], "top_minus_bottom"])  # too few names
+    rng = np.random.default_rng(horizon)
+    partitionings = [[0, len(grid)], list(range(len(grid) + 1))]  # one pass, single days
+    partitionings += [sorted({0, len(grid), *rng.integers(1, len(grid), size=rng.integers(1, 8))})
+                      for _ in range(12)]
+    for bounds in partitionings:
+        daily, by_date = _in_pieces(df, grid, bounds, lookback=horizon + 1, **options)
+        pd.testing.assert_frame_equal(daily, whole, check_exact=True, obj=f"daily cut at {bounds}")
+        pd.testing.assert_frame_equal(by_date, whole_q, check_exact=True)
+    # positive control: stepping back over the dates present in each piece instead of the grid
+    # would make the date after the gap depend on the cut
+    pieces = [daily_metrics(df[df["date"].between(grid[lo], grid[39])], **options)[0].loc[grid[33]:]
+              for lo in (0, 31)]
+    assert not pieces[0]["top_turnover"].equals(pieces[1]["top_turnover"])
+
+
+def test_quantile_count_is_the_parameter_and_dates_with_fewer_names_are_left_out():
+    df, grid = _panel_with_gaps()
+    daily, by_date = daily_metrics(df, quantiles=4, dates=grid)
+    assert list(by_date.columns) == [1, 2, 3, 4]
+    left_out = {grid[7], grid[20], grid[21]}
+    assert left_out.isdisjoint(by_date.dropna(how="all").index)
+    assert daily.loc[sorted(left_out), "rank_ic"].notna().all()  # the IC is still computed
+    assert daily.loc[sorted(left_out), ["top_minus_bottom", "gross", "top_turnover"]].isna().all().all()
+    # the date after a left-out date has no sub-portfolio to replace: its legs are bought in full
+    assert daily.loc[grid[8], "turnover"] == pytest.approx(2.0)
+    assert np.isnan(daily.loc[grid[8], "top_turnover"])
+
+
+def test_overlap_t_stat_equals_statsmodels_hac():
+    sm = pytest.importorskip("statsmodels.api")
+    from qsdk.quant.metrics import long_run_variance
+
+    rng = np.random.default_rng(11)
+    x = 0.02 + np.convolve(rng.standard_normal(300), np.ones(5) / 5, mode="valid") * 0.1
+    ours = ic_summary(pd.Series(x), lags=4)
+    for kernel in ("uniform", "bartlett"):
+        fit = sm.OLS(x, np.ones(len(x))).fit(cov_type="HAC", cov_kwds={"maxlags": 4, "kernel": kernel,
+                                                                         "use_correction": False})
+        se = math.sqrt(long_run_variance(x, lags=4, kernel=kernel) / len(x))
+        assert se == pytest.approx(float(fit.bse[0]), rel=1e-10)
+    assert ours.t_stat == pytest.approx(x.mean() / math.sqrt(long_run_variance(x, lags=4) / len(x)))
+    assert ours.lags == 4 and ic_summary(pd.Series(x)).t_stat == pytest.approx(
+        x.mean() / (x.std(ddof=1) / math.sqrt(len(x))))
+    with pytest.raises(ValueError, match="lags must be an integer >= 0"):
+        ic_summary(pd.Series(x), lags=-1)
+
+
+def _persistent_signal(seed: int, *, n: int = 50, sessions: int = 750) -> pd.DataFrame:
+    """A persistent factor (AR(1), 0.98) that predicts each session's return two sessions later."""
+    from qsdk.quant.features import label_frame
+
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2015-01-01", periods=sessions)
+    f = np.zeros((sessions, n))
+    f[0] = rng.standard_normal(n)
+    for t in range(1, sessions):
+        f[t] = 0.98 * f[t - 1] + math.sqrt(1 - 0.98**2) * rng.standard_normal(n)
+    r = 0.01 * rng.standard_normal((sessions, n)) + 0.0006 * np.vstack([np.zeros((2, n)), f[:-2]])
+    keys = {"date": np.repeat(dates, n), "symbol": np.tile([f"S{i:02d}" for i in range(n)], sessions)}
+    prices = pd.DataFrame({**keys, "adj_close": 100 * np.exp(np.cumsum(r, axis=0)).ravel()})
+    return merge_factor_returns(pd.DataFrame({**keys, "value": f.ravel()}), label_frame(prices, lag=1, horizon=5))
+
+
+def test_horizon_5_statistics_match_non_overlapping_dates_not_the_naive_ones():
+    """A planted persistent signal at horizon 5: consecutive labels share 4 sessions of returns, so
+    the naive t statistic is inflated about sqrt(5)-fold. The overlap-aware t statistic matches the
+    one of non-overlapping dates (averaged over the 5 offsets) within sampling error; the Sharpe
+    ratio is that of non-overlapping holding periods, annualised by the holding period."""
+    ev = evaluate_factor(_persistent_signal(0), quantiles=5, horizon=5)
+    ic = ev.daily["rank_ic"].dropna()
+    naive = ic_summary(ic).t_stat
+    offsets = [ic_summary(ic.iloc[k::5]).t_stat for k in range(5)]
+    non_overlapping, spread = float(np.mean(offsets)), float(np.std(offsets))
+    overlap_aware = ev.summary["rank_ic_t_stat"]
+    assert non_overlapping > 5  # the signal is there
+    assert abs(overlap_aware - non_overlapping) < max(1.0, 3 * spread), (overlap_aware, offsets)
+    assert naive > 1.8 * overlap_aware
+    gross = ev.daily["gross"]
+    by_offset = [performance_summary(gross.iloc[k::5].dropna(), periods_per_year=252 / 5) for k in range(5)]
+    assert ev.summary["ls_sharpe"] == pytest.approx(np.mean([p.sharpe for p in by_offset]))
+    assert ev.summary["ls_annual_return"] == pytest.approx(np.mean([p.annual_return for p in by_offset]))
+    assert performance_summary(gross.dropna()).sharpe > 1.8 * ev.summary["ls_sharpe"]  # daily-style: inflated

@@ -206,3 +206,32 @@ def test_rows_from_returns_the_same_rows_as_filtering_the_full_panel():
         expected = expected[expected["date"] >= pd.Timestamp("2016-03-01")].reset_index(drop=True)
         assert len(expected) > 0
         pd.testing.assert_frame_equal(getattr(part, name), expected)
+
+
+def test_vendor_delivery_publishes_late_and_restates_the_same_rows_in_any_range():
+    from qsdk.quant.calendar import session_closes
+    from qsdk.quant.synthetic import generate_panel, vendor_delivery
+
+    panel = generate_panel(n_symbols=20, start="2015-01-01", end="2015-12-31", seed=2)
+    delivered = vendor_delivery(panel.signal, seed=2)
+    close = session_closes(delivered["date"])
+    first = ~delivered.duplicated(["date", "symbol"])
+    on_time, late = first & (delivered["published_at"] == close), first & (delivered["published_at"] > close)
+    restated = ~first
+    assert 0.85 < on_time.mean() < 0.95 and 0.07 < late.mean() < 0.13 and 0.03 < restated.mean() < 0.07
+    # late: one hour after the next session's open (14:30 or 13:30 UTC), so after the next open
+    next_day = delivered.loc[late, "published_at"] - pd.Timedelta(hours=1)
+    assert (next_day.dt.hour.isin([13, 14]) & (next_day.dt.minute == 30)).all()
+    assert (delivered.loc[late, "published_at"].dt.normalize().dt.tz_localize(None) >
+            pd.to_datetime(delivered.loc[late, "date"])).all()
+    # restated: the original value first, a revised one three sessions later
+    original = delivered[first].set_index(["date", "symbol"])
+    revised = delivered[restated].set_index(["date", "symbol"])
+    assert (revised["published_at"] > original.loc[revised.index, "published_at"] + pd.Timedelta(days=2)).all()
+    assert (revised["value"] != original.loc[revised.index, "value"]).all()
+    signal = panel.signal.set_index(["date", "symbol"])["value"]
+    assert (original["value"] == signal.loc[original.index]).all()
+    # which rows are late or restated does not depend on the range delivered
+    part = vendor_delivery(panel.signal[panel.signal["date"] >= pd.Timestamp("2015-07-01")], seed=2)
+    tail = delivered[delivered["date"] >= pd.Timestamp("2015-07-01")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(part, tail)
