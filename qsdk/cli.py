@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_picture_options(show)
     _add_check(sub)
     _add_runs(sub)
+    _add_import_script(sub)
     status = sub.add_parser("status", help="per stage and partition: cached, stale (and why), or never run")
     status.add_argument("flow")
     status.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
@@ -97,6 +98,22 @@ def _add_check(sub: Any) -> None:
     check = sub.add_parser("check", help="validate the registry and every stage notebook; print every problem "
                                          "(exit 1 if any)")
     check.add_argument("--json", action="store_true")
+
+
+def _add_import_script(sub: Any) -> None:
+    imp = sub.add_parser("import-script", help="turn a legacy Python script into a stage: notebook, parameters, "
+                                               "registry entry and tables (reads the script, never runs it)")
+    imp.add_argument("path", help="the script")
+    imp.add_argument("--stage", required=True, help="name of the new stage")
+    imp.add_argument("--flow", help="add the stage to this flow (created when missing)")
+    imp.add_argument("--registry", metavar="FILE", help="registry file for the entry (default: the flow's file, "
+                                                        "else pipelines/<flow or stage>.yaml)")
+    imp.add_argument("--layer", default="silver", help="layer of the tables proposed for files the script writes")
+    imp.add_argument("--script-cwd", metavar="DIR", help="folder the script's relative paths start from "
+                                                         "(default: the project root)")
+    imp.add_argument("--pair", action="store_true", help="also write a percent-format .py paired with the "
+                                                         "notebook (jupytext), for reviews")
+    imp.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
 def _add_runs(sub: Any) -> None:
@@ -177,7 +194,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     handler = {"run": _run, "list": _list, "show": _show, "tables": _tables, "lineage": _lineage,
                "reproduce": _reproduce, "status": _status, "dvc": _dvc, "snapshot": _snapshot,
                "features": _features, "restore": _restore, "check": _check,
-               "runs": _runs}[args.command]
+               "runs": _runs, "import-script": _import_script}[args.command]
     return handler(args)
 
 
@@ -232,8 +249,34 @@ def _check(args: argparse.Namespace) -> int:
             print(f"{p.kind} {p.name}: {p.message}")
         print(f"{len(problems)} problem(s)", file=sys.stderr)
     else:
-        print("registry OK: every table, stage, flow and feature view loads")
+        print("registry OK: every table, stage, flow and feature view loads; no stage notebook reads or "
+              "writes files directly, imports a script or changes sys.path")
     return 1 if problems else 0
+
+
+def _import_script(args: argparse.Namespace) -> int:
+    report = _sdk(args).import_script(args.path, stage=args.stage, flow=args.flow, registry_file=args.registry,
+                                      layer=args.layer, script_cwd=args.script_cwd, pair=args.pair)
+    if args.json:
+        print(json.dumps(report.to_dict(), default=str))
+        return 0
+    print(f"stage {report.stage}: {report.notebook}, entry in {report.registry_file}"
+          + (f", flow {report.flow}" if report.flow else "") + (f", paired with {report.paired}" if report.paired else ""))
+    print(f"parameters ({len(report.parameters)}):")
+    for p in report.parameters:
+        print(f"  {p['name']}: {p['type']}" + ("" if p["required"] else f" = {p['default']!r}") + f"   <- {p['from']}")
+    print(f"file I/O ({len(report.io)}):")
+    for item in report.io:
+        where = {"table": f"-> {item.table}", "source": "kept: declared source", "todo": "TODO"}[item.status]
+        print(f"  line {item.line}: {item.how} {item.direction} {item.path or '(computed path)'} {where}")
+    for note in report.notes:
+        print(f"note: {note}")
+    todo = report.needs_human
+    print(f"needs a human ({len(todo)}):" if todo else "needs a human: nothing")
+    for line in todo:
+        print(f"  {line}")
+    print(report.dvc)
+    return 0
 
 
 def _runs(args: argparse.Namespace) -> int:

@@ -101,3 +101,17 @@ class SnapshotConflict(VersioningError):
 class SnapshotCorrupted(VersioningError):
     """Snapshot files are missing or do not match their recorded sha256; ``problems`` names each
     (``file``, ``expected``, ``actual``, ``cache``)."""
+
+
+class MigrationError(QsdkError):
+    """``qsdk import-script`` cannot convert a script: it does not parse, or the stage, notebook or
+    flow it would create clashes with what the project already has. ``path`` names the script."""
+
+
+class StaticCheckError(QsdkError):
+    """``qsdk check`` found, in a stage notebook, what the contract forbids and the kernel guard
+    may not see: direct file I/O on a path, an import from ``scripts/``, a ``sys.path`` change.
+
+    Fields: ``file``, ``cell`` (index among the notebook's cells), ``line`` (within the cell),
+    ``rule`` (``direct_io``, ``script_import``, ``sys_path`` or ``pair_out_of_sync``).
+    """

@@ -19,6 +19,7 @@ from qsdk.run import RunResult, run_flow
 
 if TYPE_CHECKING:
     from qsdk.graph import FlowGraph
+    from qsdk.migrate import ImportReport
 
 
 class QuantSDK:
@@ -105,9 +106,28 @@ class QuantSDK:
 
         Loading already validates each notebook's parameters cell, registry defaults and
         partitioning; a broken entry is kept as a :class:`~qsdk.registry.Problem` instead of
-        failing the load, and this lists them all at once.
+        failing the load, and this lists them all at once. Then every stage notebook is checked
+        statically (:mod:`qsdk.migrate.check`): direct file I/O, imports from other scripts,
+        ``sys.path`` changes, a jupytext pair out of step; each is a problem of kind ``notebook``.
         """
-        return list(self.registry.problems)
+        from qsdk.migrate.check import check_stage_notebooks
+
+        registry = self.registry
+        return [*registry.problems,
+                *check_stage_notebooks(list(registry.stages.values()), project_root=self.config.project_root)]
+
+    def import_script(self, script: str | Path, *, stage: str, flow: str | None = None,
+                      registry_file: str | Path | None = None, layer: str = "silver",
+                      script_cwd: str | Path | None = None, pair: bool = False) -> ImportReport:
+        """Turn a legacy script into stage ``stage`` of this project (:func:`qsdk.migrate.import_script`):
+        a notebook, its parameters, a registry entry with the tables its files become, and
+        ``dvc.yaml`` re-synced. The script is read with ``ast``, never run."""
+        from qsdk.migrate import import_script
+
+        report = import_script(script, project_root=self.config.project_root, stage=stage, flow=flow,
+                               registry_file=registry_file, layer=layer, script_cwd=script_cwd, pair=pair)
+        self.__dict__.pop("registry", None)  # the registry changed on disk
+        return report
 
     def graph(self, name: str, *, params: Mapping[str, Any] | None = None, run_id: str | None = None,
               states: bool = True) -> FlowGraph:
