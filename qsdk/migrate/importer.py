@@ -142,8 +142,8 @@ def import_script(
     dropped = [p for p in params if p.name not in used and _is_path_param(ctx, p)]
     params = [p for p in params if p not in dropped]
     notes += [f"parameter {p.name} ({p.source}) dropped: the file it named is now a table" for p in dropped]
-    blockers = [f"line {f.line}: {f.message}" for f in fileio.script_imports(tree, local_modules=_siblings(path))]
-    blockers += [f"line {f.line}: {f.message}" for f in fileio.sys_path_changes(tree, names)]
+    found = [*fileio.script_imports(tree, local_modules=_siblings(path)), *fileio.sys_path_changes(tree, names)]
+    blockers = [f"line {f.line}: {f.message}" for f in sorted(found, key=lambda f: f.line)]
 
     doc, code = convert.module_text(src, tree, plan)
     if any(i.status == "table" for i in ctx.io):
