@@ -281,3 +281,24 @@ def test_check_accepts_reads_of_declared_source_files_and_clean_notebooks(proj: 
     _stage_project(proj, "import pandas as pd", "raw = pd.read_csv('../data/other.csv')",
                    sources=[{"files": "data/in.csv"}])
     assert main(["--project", str(proj), "check"]) == 1  # a file the stage does not declare
+
+
+def test_pair_writes_a_percent_script_that_check_holds_in_step_with_the_notebook(proj: Path, capsys):
+    import subprocess
+    import sys
+
+    script = _script(proj, "const.py", CONSTANTS)
+    assert main(["--project", str(proj), "import-script", str(script), "--stage", "const", "--pair"]) == 0
+    text = proj / "notebooks" / "migrated" / "const.py"
+    assert text.is_file() and "# %% tags=[\"parameters\"]" in text.read_text()
+    capsys.readouterr()
+    assert main(["--project", str(proj), "check"]) == 0, capsys.readouterr().out
+    capsys.readouterr()
+    text.write_text(text.read_text().replace("print(scale(1.0)", "print(scale(2.0)"))  # edited on one side only
+    assert main(["--project", str(proj), "check", "--json"]) == 1
+    (problem,) = json.loads(capsys.readouterr().out)
+    assert problem["rule"] == "pair_out_of_sync" and "jupytext --sync" in problem["error"]
+    subprocess.run([sys.executable, "-m", "jupytext", "--sync", str(text.with_suffix(".ipynb"))], check=True,
+                   capture_output=True)
+    assert main(["--project", str(proj), "check"]) == 0
+    assert "print(scale(2.0)" in _code(proj, "notebooks/migrated/const.ipynb")  # the newer side won
