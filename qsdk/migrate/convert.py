@@ -256,9 +256,10 @@ class Emitter:
                 return ""
             text = self.block(body, start=first_line(body[0]), end=func.end_lineno)  # type: ignore[arg-type]
             return text if text.endswith("\n") else text + "\n"
-        if isinstance(stmt, ast.Return):
-            value = "" if stmt.value is None else self.src.node_text(stmt.value)
-            return (value + "\n") if value else ""
+        if isinstance(stmt, ast.Return):  # the last statement of an inlined main()
+            if stmt.value is None or isinstance(stmt.value, ast.Constant):
+                return ""  # an exit code: nothing to show
+            return self.src.node_text(stmt.value) + "\n"  # the cell shows it, as the notebook's result
         return _dedent(self.src.lines_text(first_line(stmt), stmt.end_lineno), indent)  # type: ignore[arg-type]
 
 

@@ -110,16 +110,13 @@ def import_script(
     root). ``pair``: also write a percent-format ``.py`` paired with the notebook (jupytext).
     Nothing of the script runs.
     """
-    from qsdk.config import Config
-    from qsdk.registry import Registry
-
     root = Path(project_root).resolve()
     path = Path(script)
     text = _read(path)
     tree = _parse(text, path)
     if not _STAGE.match(stage):
         raise MigrationError(f"stage name {stage!r}: use lower-case letters, digits and _", path=str(path))
-    registry = Registry.load(Config.load(root))
+    registry = _registry(root)
     _refuse_clash(registry, stage, flow)
     target = registryfile.target(root, registry, stage=stage, flow=flow, registry_file=registry_file)
     nb_path = root / "notebooks" / (flow or "migrated") / f"{stage}.ipynb"
@@ -162,6 +159,17 @@ def import_script(
         paired=_rel(paired, root) if paired else None)
     report.dvc = _sync_dvc(root) if sync_dvc else "not synced (asked not to)"
     return report
+
+
+def _registry(root: Path) -> Any:
+    """The project's registry; an empty one while ``pipelines/`` has no file yet (the first stage)."""
+    from qsdk.config import Config
+    from qsdk.registry import Registry
+
+    folder = root / "pipelines"
+    if not [*folder.glob("*.yaml"), *folder.glob("*.yml")]:
+        return Registry(tables={}, stages={}, flows={}, root=root)
+    return Registry.load(Config.load(root))
 
 
 def _read(path: Path) -> str:

@@ -98,6 +98,7 @@ def test_argparse_options_become_typed_parameters_and_the_plumbing_goes(proj: Pa
     for gone in ("argparse", "__main__", "args.", "build_parser", "def main", "sys.exit"):
         assert gone not in code, gone
     assert "total = n_levels * spread_cap" in code and "if dry_run and log:" in code
+    assert not code.rstrip().endswith("0")  # main()'s exit code is not left as a bare expression
     nb_doc = nbformat.read(nb, as_version=4)
     assert any(c.cell_type == "markdown" and "kept as markdown" in c.source for c in nb_doc.cells)
     assert nb_doc.cells[0].cell_type == "markdown" and "Clean one day of quotes." in nb_doc.cells[0].source
@@ -302,3 +303,31 @@ def test_pair_writes_a_percent_script_that_check_holds_in_step_with_the_notebook
                    capture_output=True)
     assert main(["--project", str(proj), "check"]) == 0
     assert "print(scale(2.0)" in _code(proj, "notebooks/migrated/const.ipynb")  # the newer side won
+
+
+def test_a_main_that_parses_its_own_arguments_is_inlined_and_the_first_stage_needs_no_registry(tmp_path: Path):
+    root = tmp_path / "fresh"
+    (root / "pipelines").mkdir(parents=True)  # a project without any registry file yet
+    script = _script(root, "job.py", '''
+        import argparse
+
+
+        def main():
+            parser = argparse.ArgumentParser()
+            parser.add_argument("--n", type=int, default=3)
+            opts = parser.parse_args()
+            total = sum(range(opts.n))
+            # the result
+            print(total)
+            return total
+
+
+        if __name__ == "__main__":
+            raise SystemExit(main())
+    ''')
+    report = import_script(script, project_root=root, stage="job", flow="jobs")
+    assert list(read_parameters(root / report.notebook)) == ["n"]
+    code = _code(root, report.notebook)
+    assert "total = sum(range(n))" in code and "# the result\nprint(total)\ntotal" in code
+    assert "parser" not in code and "def main" not in code and "SystemExit" not in code
+    assert yaml.safe_load((root / "pipelines" / "jobs.yaml").read_text())["flows"]["jobs"]["stages"] == ["job"]
