@@ -9,8 +9,9 @@ reads and writes:
   becomes a table ``LAYER.<file stem>``; the write becomes ``qsdk.write_table``. The contract
   (columns and types) is read from that file when it exists (the legacy output), else the
   table is declared without columns for a human to fill in;
-* a file it **reads** that a registry table was migrated from (its description names the file),
-  or whose stem names a table, becomes ``qsdk.DataLoader().read``;
+* a file it **reads** that a registry table was migrated from (its description names the file)
+  becomes ``qsdk.DataLoader().read`` (``read_arrow`` for ``pyarrow.parquet.read_table``); a table
+  is never guessed from a file name;
 * any other file it reads that exists is an external **source**: the read stays, declared in the
   stage's ``sources:`` (cache key, and ``qsdk check`` accepts it);
 * everything else (a path built at run time, ``open(..., "w")``, ``np.save``...) is left in place

@@ -357,8 +357,11 @@ def _to_table_read(ctx: _Context, call: fileio.IOCall, item: IOItem, path: str, 
 def _read_expression(ctx: _Context, call: fileio.IOCall, table: str, path: str) -> str:
     kw = {k.arg: k.value for k in call.node.keywords}
     columns = kw.get("columns") or kw.get("usecols")
-    text = f"qsdk.DataLoader().read({table!r}"
+    arrow = call.how.endswith("read_table")  # pyarrow.parquet.read_table: the script wants an Arrow table
+    text = f"qsdk.DataLoader().{'read_arrow' if arrow else 'read'}({table!r}"
     text += f", columns={ctx.src.node_text(columns)})" if columns is not None else ")"
+    if arrow:
+        return text
     inferred = contracts.infer(_resolve(ctx, path), call.fmt)
     timestamps = list(inferred.timestamps) if inferred else []
     if "parse_dates" in kw:

@@ -227,8 +227,9 @@ def test_a_file_written_becomes_a_table_with_the_contract_of_the_legacy_file(pro
     ''')
     reader = _script(proj, "use.py", '''
         import pandas as pd
+        import pyarrow.parquet as pq
         bars = pd.read_parquet("legacy/bars.parquet", columns=["px"])
-        print(bars)
+        print(bars, pq.read_table("legacy/bars.parquet").num_rows)
     ''')
     report = import_script(script, project_root=proj, stage="bars", flow="legacy", layer="bronze")
     assert report.tables == {"bronze.bars": {"description": "Migrated from legacy file legacy/bars.parquet",
@@ -237,7 +238,8 @@ def test_a_file_written_becomes_a_table_with_the_contract_of_the_legacy_file(pro
     assert 'qsdk.write_table(\'bronze.bars\', bars.reset_index(), mode="overwrite")' in _code(proj, report.notebook)
     assert "out" not in read_parameters(proj / report.notebook)  # the path parameter became the table
     second = import_script(reader, project_root=proj, stage="use", flow="legacy")
-    assert second.io[0].table == "bronze.bars" and second.io[0].status == "table"
+    assert [(i.table, i.status) for i in second.io] == [("bronze.bars", "table")] * 2
+    assert "qsdk.DataLoader().read_arrow('bronze.bars').num_rows" in _code(proj, second.notebook)
     assert ("qsdk.DataLoader().read('bronze.bars', columns=[\"px\"]).astype({'date': \"datetime64[ns]\"})"
             ".set_index(['date'])") in _code(proj, second.notebook)
     doc = yaml.safe_load((proj / "pipelines" / "legacy.yaml").read_text())
