@@ -113,3 +113,15 @@ def test_check_refused_the_unfixed_notebook_and_the_registry_stays_in_step(migra
     assert main(["--project", str(root), "check"]) == 0
     assert main(["--project", str(root), "dvc", "sync", "--check"]) == 0
     assert "clean_legacy_prices" in (root / "dvc.yaml").read_text()
+
+
+def test_a_changed_vendor_file_makes_the_migrated_stages_stale(migrated):
+    """Runs last: it edits the shipped CSV of the project copy (the declared source)."""
+    sdk = migrated["sdk"]
+    assert {t.stage: t.state for t in sdk.status("legacy")} == dict.fromkeys(
+        ["clean_legacy_prices", "legacy_factors", "legacy_report"], "cached")
+    csv = migrated["root"] / "examples" / "legacy" / "data" / "prices.csv"
+    csv.write_text(csv.read_text() + "2012-12-31,AAPL,1,1,1,1,1000,1\n")
+    status = {t.stage: t for t in sdk.status("legacy")}
+    assert status["clean_legacy_prices"].state == "stale"
+    assert "source files examples/legacy/data/prices.csv changed" in status["clean_legacy_prices"].reasons
