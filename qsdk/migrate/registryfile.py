@@ -1,6 +1,8 @@
 """Add a migrated stage (its tables, and its flow) to a registry file.
 
-An existing file is edited round-trip with ``ruamel.yaml``, so its comments and order stay.
+An existing file is edited round-trip with ``ruamel.yaml``, so its comments, order and quotes
+stay (one cosmetic change: ruamel writes a one-pair mapping inside a flow list, ``[{a: b}]``, as
+``[a: b]``, which YAML reads as the same thing).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def write(path: Path, *, stage: str, entry: dict[str, Any], tables: dict[str, di
     yaml = YAML()
     yaml.indent(mapping=2, sequence=4, offset=2)
     yaml.width = 4096  # one line per entry, as people write them
+    yaml.preserve_quotes = True
     doc = yaml.load(path.read_text()) if path.is_file() else None
     doc = doc if doc is not None else {}
     for name, spec in tables.items():
