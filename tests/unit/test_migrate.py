@@ -333,3 +333,22 @@ def test_a_main_that_parses_its_own_arguments_is_inlined_and_the_first_stage_nee
     assert "total = sum(range(n))" in code and "# the result\nprint(total)\ntotal" in code
     assert "parser" not in code and "def main" not in code and "SystemExit" not in code
     assert yaml.safe_load((root / "pipelines" / "jobs.yaml").read_text())["flows"]["jobs"]["stages"] == ["job"]
+
+
+def test_a_stage_joins_an_existing_flow_in_the_file_that_declares_it_comments_kept(proj: Path):
+    write_notebook(proj / "notebooks" / "first.ipynb", "n: int = 1")
+    flows = proj / "pipelines" / "flows.yaml"
+    flows.write_text("# the nightly jobs\nstages:\n  first:\n    notebook: notebooks/first.ipynb  # kept\n"
+                     "flows:\n  nightly:\n    stages: [first]\n    parameters: {n: 2}\n")
+    before = yaml.safe_load(flows.read_text())
+    report = import_script(_script(proj, "c.py", CONSTANTS), project_root=proj, stage="second", flow="nightly",
+                           )
+    assert report.registry_file == "pipelines/flows.yaml" and report.notebook == "notebooks/nightly/second.ipynb"
+    text = flows.read_text()
+    assert text.startswith("# the nightly jobs\n") and "notebook: notebooks/first.ipynb  # kept" in text
+    after = yaml.safe_load(text)
+    assert after["flows"]["nightly"] == {**before["flows"]["nightly"], "stages": ["first", "second"]}
+    assert after["stages"]["first"] == before["stages"]["first"] and "second" in after["stages"]
+    with pytest.raises(MigrationError, match="flow 'nightly' is declared in flows.yaml"):
+        import_script(_script(proj, "d.py", CONSTANTS), project_root=proj, stage="third", flow="nightly",
+                      registry_file="pipelines/other.yaml")
