@@ -257,25 +257,7 @@ def _check(args: argparse.Namespace) -> int:
 def _import_script(args: argparse.Namespace) -> int:
     report = _sdk(args).import_script(args.path, stage=args.stage, flow=args.flow, registry_file=args.registry,
                                       layer=args.layer, script_cwd=args.script_cwd, pair=args.pair)
-    if args.json:
-        print(json.dumps(report.to_dict(), default=str))
-        return 0
-    print(f"stage {report.stage}: {report.notebook}, entry in {report.registry_file}"
-          + (f", flow {report.flow}" if report.flow else "") + (f", paired with {report.paired}" if report.paired else ""))
-    print(f"parameters ({len(report.parameters)}):")
-    for p in report.parameters:
-        print(f"  {p['name']}: {p['type']}" + ("" if p["required"] else f" = {p['default']!r}") + f"   <- {p['from']}")
-    print(f"file I/O ({len(report.io)}):")
-    for item in report.io:
-        where = {"table": f"-> {item.table}", "source": "kept: declared source", "todo": "TODO"}[item.status]
-        print(f"  line {item.line}: {item.how} {item.direction} {item.path or '(computed path)'} {where}")
-    for note in report.notes:
-        print(f"note: {note}")
-    todo = report.needs_human
-    print(f"needs a human ({len(todo)}):" if todo else "needs a human: nothing")
-    for line in todo:
-        print(f"  {line}")
-    print(report.dvc)
+    print(json.dumps(report.to_dict(), default=str) if args.json else report.summary())
     return 0
 
 

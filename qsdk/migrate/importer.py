@@ -63,6 +63,23 @@ class ImportReport:
                  if not spec.get("columns")]
         return [*self.blockers, *todo, *empty]
 
+    def summary(self) -> str:
+        """What ``qsdk import-script`` prints: parameters, file I/O, notes, what needs a human."""
+        head = f"stage {self.stage}: {self.notebook}, entry in {self.registry_file}"
+        head += (f", flow {self.flow}" if self.flow else "") + (f", paired with {self.paired}" if self.paired else "")
+        lines = [head, f"parameters ({len(self.parameters)}):"]
+        lines += [f"  {p['name']}: {p['type']}" + ("" if p["required"] else f" = {p['default']!r}")
+                  + f"   <- {p['from']}" for p in self.parameters]
+        lines.append(f"file I/O ({len(self.io)}):")
+        for item in self.io:
+            where = {"table": f"-> {item.table}", "source": "kept: declared source", "todo": "TODO"}[item.status]
+            lines.append(f"  line {item.line}: {item.how} {item.direction} {item.path or '(computed path)'} {where}")
+        lines += [f"note: {note}" for note in self.notes]
+        todo = self.needs_human
+        lines.append(f"needs a human ({len(todo)}):" if todo else "needs a human: nothing")
+        lines += [f"  {line}" for line in todo]
+        return "\n".join([*lines, self.dvc])
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["needs_human"] = self.needs_human
@@ -405,7 +422,8 @@ def _as_source(ctx: _Context, call: fileio.IOCall, item: IOItem, path: str, para
     if declared not in ctx.sources:
         ctx.sources.append(declared)
     item.status = "source"
-    item.reason = f"external file, kept and declared in sources: (files: {declared})"
+    item.reason = (f"external file, kept and declared in sources: (files: {declared}); if another script "
+                   "writes it, import that one first and this one again")
 
 
 def _todo(ctx: _Context, call: fileio.IOCall, item: IOItem, tree: ast.Module) -> None:
