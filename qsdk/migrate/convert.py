@@ -165,13 +165,18 @@ def plumbing(tree: ast.Module, names: dict[str, str], *, click_func: ast.Functio
     for guard in guards:
         _scan_block(guard.body, plan, names, functions, parser_funcs)
     _scan_block([s for s in tree.body if not is_main_guard(s) and not isinstance(s, ast.FunctionDef)],
-                plan, names, functions, parser_funcs)
+                plan, names, functions, parser_funcs, inline=False)
     return plan
 
 
 def _has_work(func: ast.FunctionDef, names: dict[str, str]) -> bool:
     """A function that builds a parser *and* does other work is a ``main``: inline it, do not drop it."""
-    return any(not _contains_parser(s, names) and not isinstance(s, ast.Return | ast.Expr) for s in func.body)
+    def plumbing_only(s: ast.stmt) -> bool:
+        docstring = isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
+        returns_name = isinstance(s, ast.Return) and (s.value is None or isinstance(s.value, ast.Name))
+        return _contains_parser(s, names) or docstring or returns_name
+
+    return not all(plumbing_only(s) for s in func.body)
 
 
 def _only_cli_imports(stmt: ast.Import | ast.ImportFrom) -> bool:
@@ -181,11 +186,13 @@ def _only_cli_imports(stmt: ast.Import | ast.ImportFrom) -> bool:
 
 
 def _scan_block(body: list[ast.stmt], plan: Plumbing, names: dict[str, str],
-                functions: dict[str, ast.FunctionDef], parser_funcs: set[str]) -> None:
+                functions: dict[str, ast.FunctionDef], parser_funcs: set[str], *, inline: bool = True) -> None:
+    """Drop the parser statements of ``body``; inline the functions it calls (only at the
+    ``__main__`` guard's level: helpers that ``main()`` calls stay functions)."""
     for stmt in body:
         call = _called_function(stmt)
         func = functions.get(call.func.id) if call is not None and isinstance(call.func, ast.Name) else None
-        if func is None or func.name in parser_funcs:
+        if func is None or func.name in parser_funcs or not inline:
             if _contains_parser(stmt, names) or _calls(stmt, parser_funcs):
                 plan.drop.add(id(stmt))
                 if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name) \
@@ -200,7 +207,7 @@ def _scan_block(body: list[ast.stmt], plan: Plumbing, names: dict[str, str],
         for arg, param in zip(call.args, func.args.args, strict=False):
             if isinstance(arg, ast.Name) and arg.id in plan.args_names or _parses(arg, parser_funcs):
                 plan.args_names.add(param.arg)
-        _scan_block(func.body, plan, names, functions, parser_funcs)
+        _scan_block(func.body, plan, names, functions, parser_funcs, inline=False)
 
 
 def _calls(stmt: ast.stmt, funcs: set[str]) -> bool:

@@ -53,6 +53,7 @@ class ImportReport:
     tables: dict[str, dict[str, Any]]
     blockers: list[str]
     notes: list[str]
+    manual: list[str] = field(default_factory=list)  # lines the rewrite could not finish
     paired: str | None = None
     dvc: str = ""
 
@@ -61,7 +62,7 @@ class ImportReport:
         todo = [f"line {i.line}: {i.how} ({i.reason})" for i in self.io if i.status == "todo"]
         empty = [f"table {t}: declare its columns in {self.registry_file}" for t, spec in self.tables.items()
                  if not spec.get("columns")]
-        return [*self.blockers, *todo, *empty]
+        return [*self.blockers, *self.manual, *todo, *empty]
 
     def summary(self) -> str:
         """What ``qsdk import-script`` prints: parameters, file I/O, notes, what needs a human."""
@@ -149,7 +150,7 @@ def import_script(
     src = convert.Source(text)
     ctx = _Context(root, path, Path(script_cwd or root).resolve(), nb_path.parent, layer, registry,
                    {p.name: p for p in params}, src, plan.args_names, renames)
-    notes += _rename_references(ctx, tree)
+    manual = _rename_references(ctx, tree)
     for call in fileio.io_calls(tree, names):
         _map_io(ctx, call, tree)
     used = _used_params(ctx, tree)
@@ -173,7 +174,7 @@ def import_script(
     report = ImportReport(
         script=str(path), stage=stage, notebook=_rel(nb_path, root), registry_file=_rel(target, root), flow=flow,
         parameters=[p.to_dict() for p in params], io=ctx.io, tables=ctx.tables, blockers=blockers, notes=notes,
-        paired=_rel(paired, root) if paired else None)
+        manual=manual, paired=_rel(paired, root) if paired else None)
     report.dvc = _sync_dvc(root) if sync_dvc else "not synced (asked not to)"
     return report
 

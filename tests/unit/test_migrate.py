@@ -352,3 +352,30 @@ def test_a_stage_joins_an_existing_flow_in_the_file_that_declares_it_comments_ke
     with pytest.raises(MigrationError, match="flow 'nightly' is declared in flows.yaml"):
         import_script(_script(proj, "d.py", CONSTANTS), project_root=proj, stage="third", flow="nightly",
                       registry_file="pipelines/other.yaml")
+
+
+def test_parsed_arguments_passed_around_whole_are_left_for_a_human(proj: Path):
+    script = _script(proj, "whole.py", '''
+        import argparse
+
+
+        def run(options):
+            print(options.n)
+
+
+        def main():
+            parser = argparse.ArgumentParser()
+            parser.add_argument("--n", type=int, default=1)
+            args = parser.parse_args()
+            run(args)
+            print(vars(args))
+
+
+        if __name__ == "__main__":
+            main()
+    ''')
+    report = import_script(script, project_root=proj, stage="whole")
+    assert [line.split(":")[0] for line in report.needs_human] == ["line 13", "line 14"]
+    assert all("used as a whole" in line for line in report.needs_human)
+    code = _code(proj, report.notebook)
+    assert "def run(options):\n    print(options.n)" in code and "run(args)" in code  # left as written
