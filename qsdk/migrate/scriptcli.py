@@ -242,10 +242,16 @@ def _click_param(call: ast.Call, *, argument: bool, names: dict[str, str]) -> Sc
 def constant_params(tree: ast.Module, comments: dict[int, str], taken: set[str]) -> list[ScriptParam]:
     """Module-level ``UPPER_CASE = literal`` assignments; the parameter is the lower-case name
     (kept upper-case when the script already uses the lower-case one)."""
+    stores: dict[str, int] = {}
+    for node in ast.walk(tree):  # a name assigned more than once is a variable, not a setting
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            stores[node.id] = stores.get(node.id, 0) + 1
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            stores.update({n: 2 for n in node.names})
     out = []
     for node in tree.body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-                and _CONSTANT.match(node.targets[0].id)):
+                and _CONSTANT.match(node.targets[0].id) and stores.get(node.targets[0].id) == 1):
             continue
         value = _literal(node.value)
         if isinstance(value, _Computed) or not _plain(value):

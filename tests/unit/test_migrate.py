@@ -152,6 +152,8 @@ CONSTANTS = '''
     THRESHOLD = 0.5
     lookback_note = "lower-case names are not parameters"
     TABLE = {"a": 1}  # not a plain value: stays a constant
+    LIMIT = 1  # assigned twice: a variable
+    LIMIT = LIMIT + 1
 
     def scale(x):
         return x * np.sqrt(TRADING_DAYS) / LOOKBACK
@@ -170,7 +172,7 @@ def test_module_constants_become_parameters_and_their_uses_follow(proj: Path):
     assert specs["start"].type.kind == "date" and specs["threshold"].type.kind == "float"
     code = _code(proj, report.notebook)
     assert "return x * np.sqrt(trading_days) / lookback" in code
-    assert "LOOKBACK" not in code and "TABLE = {" in code
+    assert "LOOKBACK" not in code and "TABLE = {" in code and "LIMIT = 1" in code and "LIMIT = LIMIT + 1" in code
 
 
 def test_an_unparseable_script_is_a_clear_error_and_writes_nothing(proj: Path):
