@@ -20,6 +20,7 @@ class Inferred:
     columns: dict[str, str]
     timestamps: tuple[str, ...] = ()
     index: tuple[str, ...] = ()
+    primary_key: tuple[str, ...] = ()
 
 
 def infer(path: Path, fmt: str) -> Inferred | None:
@@ -41,7 +42,18 @@ def infer(path: Path, fmt: str) -> Inferred | None:
         columns[field.name] = kind
     meta = table.schema.pandas_metadata or {}
     index = tuple(i for i in meta.get("index_columns", []) if isinstance(i, str) and not i.startswith("__index"))
-    return Inferred(columns, tuple(timestamps), index)
+    return Inferred(columns, tuple(timestamps), index, _primary_key(table, [*columns]))
+
+
+def _primary_key(table: pa.Table, columns: list[str]) -> tuple[str, ...]:
+    entity = next((c for c in ("symbol", "ticker", "id") if c in columns), None)
+    if entity is None or "date" not in columns or table.num_rows == 0:
+        return ()
+    key = table.select([entity, "date"])
+    if key.column(entity).null_count or key.column("date").null_count:
+        return ()
+    unique = key.group_by([entity, "date"]).aggregate([]).num_rows
+    return (entity, "date") if unique == table.num_rows else ()
 
 
 def _read(path: Path, fmt: str) -> pa.Table:

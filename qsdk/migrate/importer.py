@@ -340,6 +340,8 @@ def _to_table_write(ctx: _Context, call: fileio.IOCall, item: IOItem, path: str)
     if table not in ctx.registry.tables:
         ctx.tables[table] = {"description": f"Migrated from {_marker(ctx, path)}",
                              "columns": inferred.columns if inferred else {}}
+        if inferred and inferred.primary_key:
+            ctx.tables[table]["primary_key"] = list(inferred.primary_key)
         if inferred is None:
             item.reason = "the file does not exist: declare the table's columns"
     ctx.src.replace(call.node, f"qsdk.write_table({table!r}, {frame}, mode=\"overwrite\")")

@@ -96,6 +96,9 @@ def test_what_the_importer_found_in_each_script(migrated):
     first = reports["clean_legacy_prices"]
     assert first["needs_human"] == []
     assert [(i["status"], i["table"]) for i in first["io"]] == [("source", None), ("table", "silver.prices_clean")]
+    contract = first["tables"]["silver.prices_clean"]
+    assert contract["primary_key"] == ["symbol", "date"] and contract["columns"]["date"] == "date"
+    assert "primary_key" not in reports["legacy_report"]["tables"]["gold.report"]  # no date: no key guessed
     assert [p["name"] for p in first["parameters"]] == ["input", "start", "end", "symbols", "min_volume", "gaps",
                                                         "verbose"]
     factors = reports["legacy_factors"]
