@@ -137,6 +137,7 @@ def import_script(
     registry = _registry(root)
     _refuse_clash(registry, stage, flow)
     target = registryfile.target(root, registry, stage=stage, flow=flow, registry_file=registry_file)
+    registry_doc = registryfile.load(target)
     nb_path = root / "notebooks" / (flow or "migrated") / f"{stage}.ipynb"
     if nb_path.exists():
         raise MigrationError(f"{nb_path} exists already: choose another --stage or remove it", path=str(path))
@@ -146,13 +147,14 @@ def import_script(
     params, click_func = _parameters(tree, text, names)
     renames = {p.source.split()[-1]: p.name for p in params if p.source.startswith("constant ")}
     plan = convert.plumbing(tree, names, click_func=click_func, constants=set(renames))
-    notes += plan.notes + [n for p in params for n in p.notes]
+    notes += plan.notes
     src = convert.Source(text)
     ctx = _Context(root, path, Path(script_cwd or root).resolve(), nb_path.parent, layer, registry,
                    {p.name: p for p in params}, src, plan.args_names, renames)
     manual = _rename_references(ctx, tree)
     for call in fileio.io_calls(tree, names):
         _map_io(ctx, call, tree)
+    notes += [n for p in params for n in p.notes]
     used = _used_params(ctx, tree)
     dropped = [p for p in params if p.name not in used and _is_path_param(ctx, p)]
     params = [p for p in params if p not in dropped]
@@ -170,7 +172,7 @@ def import_script(
     entry = registryfile.stage_entry(
         notebook=_rel(nb_path, root), description=f"Migrated from {_rel(path.resolve(), root)}",
         inputs=ctx.inputs, outputs=ctx.outputs, sources=ctx.sources)
-    registryfile.write(target, stage=stage, entry=entry, tables=ctx.tables, flow=flow)
+    registryfile.write(target, registry_doc, stage=stage, entry=entry, tables=ctx.tables, flow=flow)
     report = ImportReport(
         script=str(path), stage=stage, notebook=_rel(nb_path, root), registry_file=_rel(target, root), flow=flow,
         parameters=[p.to_dict() for p in params], io=ctx.io, tables=ctx.tables, blockers=blockers, notes=notes,

@@ -54,16 +54,32 @@ def stage_entry(*, notebook: str, description: str, inputs: list[str], outputs: 
     return entry
 
 
-def write(path: Path, *, stage: str, entry: dict[str, Any], tables: dict[str, dict[str, Any]],
-          flow: str | None) -> None:
+def _yaml() -> Any:
     from ruamel.yaml import YAML
 
     yaml = YAML()
     yaml.indent(mapping=2, sequence=4, offset=2)
     yaml.width = 4096  # one line per entry, as people write them
     yaml.preserve_quotes = True
-    doc = yaml.load(path.read_text()) if path.is_file() else None
+    return yaml
+
+
+def load(path: Path) -> Any:
+    """The registry file's document, round-trip (before anything is written: a bad file stops the import)."""
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        doc = _yaml().load(path.read_text()) if path.is_file() else None
+    except YAMLError as exc:
+        raise MigrationError(f"{path} is not valid YAML, so the stage cannot be added to it: {exc}") from exc
     doc = doc if doc is not None else {}
+    if not hasattr(doc, "setdefault"):
+        raise MigrationError(f"{path} does not hold a mapping of tables/stages/flows: fix it or pick another file")
+    return doc
+
+
+def write(path: Path, doc: Any, *, stage: str, entry: dict[str, Any], tables: dict[str, dict[str, Any]],
+          flow: str | None) -> None:
     for name, spec in tables.items():
         doc.setdefault("tables", {})[name] = spec
     doc.setdefault("stages", {})[stage] = entry
@@ -74,4 +90,4 @@ def write(path: Path, *, stage: str, entry: dict[str, Any], tables: dict[str, di
         spec.setdefault("stages", []).append(stage)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
-        yaml.dump(doc, fh)
+        _yaml().dump(doc, fh)
