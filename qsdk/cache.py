@@ -115,7 +115,7 @@ class Cache:
         self.project_root = Path(project_root)
         self.root = Path(lakehouse.root) / CACHE_DIR
         self._versions: dict[str, int | None] | None = None
-        self._dists: dict[str, str | None] = {}  # installed versions, looked up once per Cache
+        self._dists: dict[str, Any] = {}  # installed versions, looked up once per Cache
         self._sources: dict[tuple[Any, ...], dict[str, str]] = {}
         self._commits: dict[tuple[str, int], dict[str, Any] | None] = {}  # commit infos read
 

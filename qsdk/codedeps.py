@@ -333,6 +333,34 @@ def installed_version(dist: str) -> str | None:
         return None
 
 
+_INDEX = "\0dist-info index"  # the key under which a versions memo keeps its index
+
+
+def _listed_version(dist: str, memo: dict[str, Any]) -> str | None:
+    """``installed_version`` without importing ``importlib.metadata``: installed wheels name
+    their ``NAME-VERSION.dist-info`` folder after both, so one listing of each ``sys.path``
+    folder (kept in ``memo``) answers for every distribution; anything else asks importlib."""
+    if _INDEX not in memo:
+        index: dict[str, str] = {}
+        for folder in sys.path:
+            try:
+                names = os.listdir(folder or ".")
+            except OSError:
+                continue
+            for name in names:
+                if name.endswith(".dist-info") and name.count("-") == 1:
+                    dist_name, version = name[: -len(".dist-info")].split("-")
+                    index.setdefault(_normalise(dist_name), version)
+        memo[_INDEX] = index
+    return memo[_INDEX].get(_normalise(dist)) or installed_version(dist)
+
+
+def _normalise(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
 def changes(recorded: Closure, *, project_root: str | Path,
             versions: dict[str, str | None] | None = None) -> list[str]:
     """Why ``recorded`` no longer describes the code on this machine, in words a user can act on
@@ -346,7 +374,7 @@ def changes(recorded: Closure, *, project_root: str | Path,
     memo = versions if versions is not None else {}
     for dist, version in recorded.packages.items():
         if dist not in memo:
-            memo[dist] = installed_version(dist)
+            memo[dist] = _listed_version(dist, memo)
         if memo[dist] != version:
             out.append(f"{dist} {version} -> {memo[dist] or 'not installed'}")
     if recorded.python and recorded.python != python_version():
