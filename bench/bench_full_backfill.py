@@ -185,9 +185,10 @@ def main() -> None:
         f_wall, f_tree = median([r[0] for r in runs[mode]]), median([r[2] for r in runs[mode]])
         ratios = [f[0] / s[0] for f, s in zip(runs[mode], runs["script"], strict=True)]
         print(f"notebook flow, {mode[5:]:<6} median {f_wall:7.1f} s   peak RSS {max(r[1] for r in runs[mode]):6.0f} MiB "
-              f"(tree {f_tree:6.0f} MiB)   ratio to the script: wall {f_wall / s_wall:.2f}x "
-              f"(per round {', '.join(f'{r:.2f}' for r in ratios)}), tree memory {f_tree / s_tree:.2f}x")
-    print("peak RSS: the largest single process; tree: all processes of the run at once (sampled)")
+              f"(tree {f_tree:6.0f} MiB)   ratio to the script: wall {median(ratios):.2f}x, the median of "
+              f"per-round ratios ({', '.join(f'{r:.2f}' for r in ratios)}), tree memory {f_tree / s_tree:.2f}x")
+    print("peak RSS: the largest child process of this benchmark (under Ray the workers are not its "
+          "children, so quote the tree); tree: all processes of the run at once (sampled)")
     print("target: flow wall time within 1.5x of the script")
     for name in ("ic_weighted", "vendor_signal", "composite"):
         values = "  ".join(f"{mode} {out.get(name, float('nan')):+.5f}" for mode, out in outputs.items())

@@ -1,0 +1,74 @@
+"""What a researcher waits for: one trivial stage run from the command line.
+
+A notebook builds 10 rows with pandas and writes one table. Timed as subprocesses, each round
+running every configuration once (so machine noise hits all alike), cache off:
+
+* baseline: the ``papermill`` CLI on the same notebook writing with ``write_deltalake`` itself;
+* ``qsdk run trivial --executor local --no-track``;
+* ``qsdk run trivial --executor local`` (tracking on, the default);
+* ``qsdk run trivial`` (Ray, the CLI default: embedded Ray started and stopped by the command).
+
+Prints the median wall time and CPU seconds of each and the median of the per-round ratios to
+the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, median  # noqa: E402
+from _trivial import project  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="qsdk-bench-cli-"))
+    root = project(work / "project")
+    env = {**os.environ, "QSDK_LAKEHOUSE": str(work / "lake"), "QSDK_RUNS": str(work / "runs"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    qsdk = [str(BIN / "qsdk"), "run", "trivial", "--no-cache"]
+    configs = {
+        "papermill CLI + write_deltalake": [str(BIN / "papermill"), "notebooks/plain.ipynb", str(work / "out.ipynb"),
+                                            "-p", "out", str(work / "plain"), "--no-progress-bar"],
+        "qsdk local, untracked": [*qsdk, "--executor", "local", "--no-track"],
+        "qsdk local, tracked": [*qsdk, "--executor", "local"],
+        "qsdk ray (embedded), tracked": qsdk,
+    }
+    wall: dict[str, list[float]] = {k: [] for k in configs}
+    cpu: dict[str, list[float]] = {k: [] for k in configs}
+    try:
+        for round_ in range(args.repeat + 1):  # round 0 warms file caches and the MLflow store
+            for name, cmd in configs.items():
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                started = time.perf_counter()
+                subprocess.run(cmd, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                if round_:
+                    wall[name].append(time.perf_counter() - started)
+                    cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    base = next(iter(configs))
+    print(f"machine: {machine()}")
+    for name in configs:
+        ratios = [w / b for w, b in zip(wall[name], wall[base], strict=True)]
+        print(f"{name:32s} {median(wall[name]):6.2f} s wall  {median(cpu[name]):6.2f} s CPU  "
+              f"{median(ratios):5.2f}x (median of per-round ratios, n={args.repeat})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""What a big write costs: 2,000,000 rows (two columns) through ``qsdk.write_table`` in a flow,
+against ``write_deltalake`` in papermill.
+
+Each side's cost of the write is its big run minus its trivial (10-row) run, timed in this
+process, alternating, cache and tracking off, local executor without pre-warming:
+
+* qsdk: a one-stage flow whose notebook writes with ``qsdk.write_table`` (contract check,
+  staging file, commit after the notebook, fingerprints for the cache);
+* baseline: ``papermill.execute_notebook`` of the same notebook writing with ``write_deltalake``.
+
+Prints the medians and the median of the per-round ratios of the write costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, median  # noqa: E402
+from _trivial import project  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    import logging
+
+    import papermill as pm
+
+    from qsdk.executors.local import LocalExecutor
+    from qsdk.sdk import QuantSDK
+
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+    work = Path(tempfile.mkdtemp(prefix="qsdk-bench-write-"))
+    root = project(work / "project")
+
+    def qsdk_run(rows: int, i: int) -> float:
+        sdk = QuantSDK(root, lakehouse_root=work / f"lake-{rows}-{i}", runs_dir=work / "runs")
+        started = time.perf_counter()
+        sdk.run_pipeline("trivial", params={"rows": rows}, executor=LocalExecutor(prewarm=0), track=False,
+                         cache=False)
+        return time.perf_counter() - started
+
+    def papermill_run(rows: int, i: int) -> float:
+        started = time.perf_counter()
+        pm.execute_notebook(str(root / "notebooks" / "plain.ipynb"), str(work / "out.ipynb"), progress_bar=False,
+                            parameters={"rows": rows, "out": str(work / f"plain-{rows}-{i}")})
+        return time.perf_counter() - started
+
+    costs: dict[str, list[float]] = {"qsdk": [], "papermill": []}
+    try:
+        for i in range(args.repeat + 1):  # round 0 warms up
+            q_small, q_big = qsdk_run(10, i), qsdk_run(args.rows, i)
+            p_small, p_big = papermill_run(10, i), papermill_run(args.rows, i)
+            if i:
+                costs["qsdk"].append(q_big - q_small)
+                costs["papermill"].append(p_big - p_small)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ratios = [q / p for q, p in zip(costs["qsdk"], costs["papermill"], strict=True)]
+    print(f"machine: {machine()}")
+    print(f"write of {args.rows:,} rows: qsdk.write_table in a flow {median(costs['qsdk']):.2f} s, "
+          f"write_deltalake in papermill {median(costs['papermill']):.2f} s over their 10-row runs: "
+          f"{median(ratios):.2f}x (median of per-round ratios, n={args.repeat})")
+
+
+if __name__ == "__main__":
+    main()
