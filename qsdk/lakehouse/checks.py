@@ -447,16 +447,35 @@ def record(lakehouse_root: Any, results: Sequence[CheckResult], *, run_id: str, 
 
 
 def latest(lakehouse_root: Any, table: str | None = None) -> pa.Table:
-    """The latest result of every check (of ``table``, or of every table): one row per check."""
+    """One row per check (of ``table``, or of every table): the table's state as last checked.
+
+    A check runs per write, so per partition: its standing result is the latest one of each
+    partition, summed (``failing_rows``, ``rows``, ``partitions``; ``passed`` only if every one
+    passed; ``message`` of the latest failure, else of the latest result). A ``qsdk checks
+    TABLE --run`` (source ``manual``) checked the whole table: results before it are superseded.
+    """
     from qsdk.lakehouse.tables import Lakehouse
 
     lake = Lakehouse(lakehouse_root, {CHECKS_TABLE: results_spec()})
-    if not lake.exists(CHECKS_TABLE):
-        return results_spec().arrow_schema().empty_table()
-    data = lake.read(CHECKS_TABLE, filters=[("table", "=", table)] if table else None)
-    return _arrow(_connect(data), (
-        'SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER (PARTITION BY "table", "check" '
-        'ORDER BY checked_at DESC) AS rn FROM t) WHERE rn = 1 ORDER BY "table", "check"'))
+    data = results_spec().arrow_schema().empty_table() if not lake.exists(CHECKS_TABLE) else \
+        lake.read(CHECKS_TABLE, filters=[("table", "=", table)] if table else None)
+    return _arrow(_connect(data), _LATEST)
+
+
+_LATEST = """
+WITH since AS (SELECT "table", "check", max(checked_at) FILTER (WHERE source = 'manual') AS at
+               FROM t GROUP BY ALL),
+     standing AS (SELECT t.* FROM t JOIN since USING ("table", "check")
+                  WHERE since.at IS NULL OR t.checked_at >= since.at),
+     per_partition AS (SELECT * FROM standing QUALIFY row_number() OVER (
+                           PARTITION BY "table", "check", "partition" ORDER BY checked_at DESC) = 1)
+SELECT "table", "check", arg_max(kind, checked_at) AS kind, arg_max(severity, checked_at) AS severity,
+       bool_and(passed) AS passed, sum(failing_rows)::BIGINT AS failing_rows, sum("rows")::BIGINT AS "rows",
+       count(*)::BIGINT AS partitions, max(checked_at) AS checked_at, arg_max(run_id, checked_at) AS run_id,
+       coalesce(arg_max(message, checked_at) FILTER (WHERE NOT passed), arg_max(message, checked_at)) AS message,
+       coalesce(arg_max(examples, checked_at) FILTER (WHERE NOT passed), '[]') AS examples
+FROM per_partition GROUP BY "table", "check" ORDER BY "table", "check"
+"""
 
 
 def _arrow(con: Any, sql: str) -> pa.Table:
