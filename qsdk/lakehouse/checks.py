@@ -472,6 +472,7 @@ WITH since AS (SELECT "table", "check", max(checked_at) FILTER (WHERE source = '
 SELECT "table", "check", arg_max(kind, checked_at) AS kind, arg_max(severity, checked_at) AS severity,
        bool_and(passed) AS passed, sum(failing_rows)::BIGINT AS failing_rows, sum("rows")::BIGINT AS "rows",
        count(*)::BIGINT AS partitions, max(checked_at) AS checked_at, arg_max(run_id, checked_at) AS run_id,
+       arg_max(source, checked_at) AS source,
        coalesce(arg_max(message, checked_at) FILTER (WHERE NOT passed), arg_max(message, checked_at)) AS message,
        coalesce(arg_max(examples, checked_at) FILTER (WHERE NOT passed), '[]') AS examples
 FROM per_partition GROUP BY "table", "check" ORDER BY "table", "check"
