@@ -392,8 +392,8 @@ def inject_faults(bars: pd.DataFrame, faults: list[str] | tuple[str, ...]) -> pd
 
     * ``zero_price``: the first symbol's close is 0 on the middle session of the range;
     * ``negative_price``: the last symbol's close is negated on the middle session;
-    * ``missing_session``: the middle session is dropped for half of the symbols (not at either
-      end of a symbol's range: a gap, not a shorter history);
+    * ``missing_session``: the session a third into the range is dropped for half of the symbols
+      (not at either end of a symbol's range: a gap, not a shorter history);
     * ``nan_burst``: the second symbol's close is NaN for ``NAN_BURST`` sessions from the middle.
 
     Deterministic: the same bars and faults give the same frame. An empty frame is returned as is.
@@ -418,5 +418,6 @@ def inject_faults(bars: pd.DataFrame, faults: list[str] | tuple[str, ...]) -> pd
         out.loc[out["date"].isin(burst) & (out["symbol"] == symbols[min(1, len(symbols) - 1)]), "close"] = np.nan
     if "missing_session" in faults:
         gone = symbols[: max(1, len(symbols) // 2)]
-        out = out[~(on_middle & out["symbol"].isin(gone))].reset_index(drop=True)
+        third = out["date"] == dates[len(dates) // 3]
+        out = out[~(third & out["symbol"].isin(gone))].reset_index(drop=True)
     return out

@@ -126,3 +126,20 @@ def test_row_count_change_compares_with_the_slice_the_overwrite_replaces(tmp_pat
     assert fine[0].passed and fine[0].table_version == 0  # 10 rows replace 20: a drop of exactly half
     bad = checks.check_write(lake, spec.name, _bars(JAN[2:], symbols=["S0"]), mode="overwrite", predicate=where)
     assert not bad[0].passed and bad[0].failing_rows == 15 and "5 row(s) replace 20" in bad[0].message
+
+
+def test_injected_faults_land_where_documented_and_only_there():
+    from qsdk.quant import sources
+    from qsdk.quant.synthetic import NAN_BURST, inject_faults
+
+    clean = sources.load("synthetic", start="2010-01-01", end="2010-03-31", n_symbols=6)
+    bad = sources.load("synthetic", start="2010-01-01", end="2010-03-31", n_symbols=6,
+                       faults=["zero_price", "negative_price", "nan_burst", "missing_session"])
+    assert (bad.close == 0).sum() == 1 and (bad.close < 0).sum() == 1
+    assert bad.close.isna().sum() == NAN_BURST
+    assert len(clean) - len(bad) == clean.symbol.nunique() // 2  # one session, half the symbols
+    assert inject_faults(clean, []).equals(clean.sort_values(["symbol", "date"]).reset_index(drop=True))
+    with pytest.raises(ValueError, match="unknown fault"):
+        inject_faults(clean, ["typo"])
+    with pytest.raises(ValueError, match="synthetic data only"):
+        sources.load("bokeh", start="2010-01-01", end="2010-03-31", faults=["zero_price"])
