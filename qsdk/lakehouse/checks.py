@@ -433,7 +433,7 @@ def record(lakehouse_root: Any, results: Sequence[CheckResult], *, run_id: str, 
         return
     from qsdk.lakehouse.tables import Lakehouse
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     rows = [{"checked_at": now, "run_id": run_id, "stage": stage, "partition": partition or "",
              "source": source, "table": r.table, "check": r.check, "kind": r.kind, "severity": r.severity,
              "passed": r.passed, "failing_rows": r.failing_rows, "rows": r.rows,

@@ -114,6 +114,10 @@ def test_checks_are_part_of_the_contract_dict_and_survive_the_round_trip():
     assert [c.to_dict() for c in again.checks] == [c.to_dict() for c in spec.checks]
     plain = TableSpec("silver.prices", COLUMNS)
     assert "checks" not in plain.to_dict()  # tables without checks keep their old contract hash
+    from qsdk.cache import contract_hash
+
+    hashes = {contract_hash(s.to_dict()) for s in (spec, _spec(DECLARED[:-1]), plain)}
+    assert len(hashes) == 3  # a changed check changes the contract the cache keys on
 
 
 def test_row_count_change_compares_with_the_slice_the_overwrite_replaces(tmp_path):
