@@ -45,7 +45,7 @@ class Check:
     kind: str
     name: str
     severity: str
-    spec: dict[str, Any] = field(compare=False)
+    spec: dict[str, Any] = field(hash=False)  # compared (a changed bound is another check), not hashed
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.spec)
