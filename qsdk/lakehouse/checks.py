@@ -379,13 +379,13 @@ def replaced_rows(lakehouse: Any, table: str, *, mode: str, predicate: str | Non
     return lakehouse.info(table).rows, version
 
 
-def check_write(lakehouse: Any, table: str, data: pa.Table, *, mode: str, predicate: str | None,
-                need_replaced: bool = True) -> list[CheckResult]:
+def check_write(lakehouse: Any, table: str, data: pa.Table, *, mode: str,
+                predicate: str | None) -> list[CheckResult]:
     """Evaluate ``table``'s declared checks on ``data``, a write about to be committed to ``lakehouse``."""
     spec = lakehouse.spec(table)
     if not spec.checks:
         return []
-    wants_count = need_replaced and any(c.kind == "row_count_change" for c in spec.checks)
+    wants_count = any(c.kind == "row_count_change" for c in spec.checks)
     replaced, version = replaced_rows(lakehouse, table, mode=mode, predicate=predicate) if wants_count \
         else (None, lakehouse.version(table))
     return evaluate(table, spec.checks, data, spec.columns, replaced_rows=replaced, table_version=version)
