@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from qsdk.errors import FlowFailed, QsdkError
+from qsdk.errors import FlowFailed, ParameterError, QsdkError
 
 
 def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check(sub)
     _add_runs(sub)
     _add_import_script(sub)
+    _add_checks(sub)
     status = sub.add_parser("status", help="per stage and partition: cached, stale (and why), or never run")
     status.add_argument("flow")
     status.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
@@ -114,6 +115,43 @@ def _add_import_script(sub: Any) -> None:
     imp.add_argument("--pair", action="store_true", help="also write a percent-format .py paired with the "
                                                          "notebook (jupytext), for reviews")
     imp.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+def _add_checks(sub: Any) -> None:
+    checks = sub.add_parser("checks", help="latest data check results, or evaluate a table's checks now")
+    checks.add_argument("table", nargs="?", help="layer.name (default: every table)")
+    checks.add_argument("--run", action="store_true",
+                        help="evaluate TABLE's declared checks against the table as it is now")
+    checks.add_argument("--json", action="store_true")
+
+
+def _checks(args: argparse.Namespace) -> int:
+    """``qsdk checks [TABLE] [--run]``: exit 1 when a shown ``error`` check failed."""
+    sdk = _sdk(args)
+    if args.run:
+        if not args.table:
+            raise ParameterError("qsdk checks --run needs a TABLE (layer.name)")
+        rows = [r.to_dict() for r in sdk.run_checks(args.table)]
+    else:
+        rows = sdk.check_results(args.table)
+    if args.json:
+        print(json.dumps(rows, default=str))
+    else:
+        if not rows:
+            print("no check results yet: run a flow, or qsdk checks TABLE --run")
+        for r in rows:
+            state = "pass" if r["passed"] else ("FAIL" if r["severity"] == "error" else "warn")
+            print(f"{state:<5} {r['table']:<28} {r['check']:<40} {_check_detail(r)}")
+    return 1 if any(not r["passed"] and r["severity"] == "error" for r in rows) else 0
+
+
+def _check_detail(r: dict[str, Any]) -> str:
+    """A result of ``latest`` (summed over partitions) or of ``--run`` (one evaluation)."""
+    if "partitions" not in r:
+        return r["message"]
+    where = f"{r['rows']} row(s) in {r['partitions']} partition(s)"
+    detail = where if r["passed"] else f"{r['failing_rows']} failing, {where}; latest failure: {r['message']}"
+    return f"{detail}  [{r['run_id']} {r['checked_at']:%Y-%m-%d %H:%M}]"
 
 
 def _add_runs(sub: Any) -> None:
@@ -194,7 +232,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     handler = {"run": _run, "list": _list, "show": _show, "tables": _tables, "lineage": _lineage,
                "reproduce": _reproduce, "status": _status, "dvc": _dvc, "snapshot": _snapshot,
                "features": _features, "restore": _restore, "check": _check,
-               "runs": _runs, "import-script": _import_script}[args.command]
+               "runs": _runs, "import-script": _import_script, "checks": _checks}[args.command]
     return handler(args)
 
 

@@ -69,6 +69,14 @@ class DirectReadError(ContractViolation):
     """
 
 
+class CheckFailed(ContractViolation):
+    """A data check of severity ``error`` failed on rows about to be committed; nothing was committed.
+
+    Fields: ``table``, ``check`` (the first failing check), ``failing_rows``, ``examples`` (JSON
+    of up to five failing rows), ``failed`` (every failing ``table:check``).
+    """
+
+
 class SqlAccessDenied(ContractViolation):
     """``%%qsdk sql`` refused a statement that reaches outside the tables it registered (file
     functions, ``COPY``, ``ATTACH``, ``INSTALL``/``LOAD``, settings); ``detail`` is DuckDB's word."""

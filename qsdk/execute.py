@@ -79,6 +79,7 @@ class TaskResult:
             "duration_s": round(self.duration, 3),
             "written": self.written,
             "read": self.read,
+            "checks": self.extra.get("checks", []),
             "error": None if self.error is None else {"message": str(self.error), **_jsonable(self.error.fields)},
         }
 
@@ -121,6 +122,7 @@ def run_task(task: Task, *, km: Any = None) -> TaskResult:
         result.extra["deps"] = _dependencies(task)
         result.extra["writes"] = [{"table": w.table, "mode": w.mode, "predicate": w.predicate}
                                   for w in staging.staged_writes(task.staging_dir)]
+        _run_checks(task, result)
         result.written = _commit(task)
         result.status = "succeeded"
     except StageFailed as exc:
@@ -402,9 +404,35 @@ def _added_by_commit(rel: str, added: dict[str, set[str]]) -> bool:
     return len(parts) > 2 and "/".join(parts[2:]) in added.get(str(Path(*parts[:2])), ())
 
 
+def _lakehouse(task: Task) -> Lakehouse:
+    ctx = task.context
+    return Lakehouse(ctx.lakehouse_root, {n: TableSpec.from_dict(s) for n, s in ctx.tables.items()})
+
+
+def _run_checks(task: Task, result: TaskResult) -> None:
+    """Evaluate the declared data checks on the staged writes, record the results (the
+    ``qsdk.checks`` table and ``result.extra["checks"]``), and fail the stage with reason
+    ``check_failed`` when an ``error`` check failed: then nothing is committed."""
+    from qsdk.lakehouse import checks
+
+    started = time.perf_counter()
+    results = staging.check_staged(task.staging_dir, _lakehouse(task))
+    result.extra["checks"] = [r.to_dict() for r in results]
+    ctx = task.context
+    checks.record(ctx.lakehouse_root, results, run_id=ctx.run_id, stage=ctx.stage, partition=ctx.partition,
+                  source="flow")
+    result.extra["checks_s"] = time.perf_counter() - started  # what the checks cost (bench_checks.py)
+    try:
+        checks.raise_for(results)
+    except QsdkError as exc:
+        raise _failed(task, str(exc), reason="check_failed", ename=type(exc).__name__, evalue=str(exc),
+                      table=exc.fields["table"], check=exc.fields["check"],
+                      failing_rows=exc.fields["failing_rows"], examples=exc.fields["examples"]) from None
+
+
 def _commit(task: Task) -> dict[str, int]:
     ctx = task.context
-    lakehouse = Lakehouse(ctx.lakehouse_root, {n: TableSpec.from_dict(s) for n, s in ctx.tables.items()})
+    lakehouse = _lakehouse(task)
     metadata = {
         "qsdk.run_id": ctx.run_id,
         "qsdk.stage": ctx.stage,

@@ -224,13 +224,20 @@ def _read_doc(path: Path, sections: set[str]) -> dict[str, Any]:
 
 
 def _table(name: str, spec: dict[str, Any], origin: str) -> TableSpec:
+    from qsdk.lakehouse.checks import RESERVED_LAYER, parse_checks
+
+    if isinstance(name, str) and name.split(".", 1)[0] == RESERVED_LAYER:
+        raise RegistryError(f"{origin}: table {name!r}: the layer {RESERVED_LAYER!r} is reserved for qsdk's "
+                            "own tables (data check results); pick another layer")
     try:
+        columns = {str(k): str(v) for k, v in (spec.get("columns") or {}).items()}
         return TableSpec(
             name=name,
-            columns={str(k): str(v) for k, v in (spec.get("columns") or {}).items()},
+            columns=columns,
             primary_key=tuple(spec.get("primary_key") or ()),
             partition_by=tuple(spec.get("partition_by") or ()),
             description=str(spec.get("description") or ""),
+            checks=parse_checks(name, columns, spec.get("checks")),
         )
     except RegistryError as exc:
         raise RegistryError(f"{origin}: {exc}") from None

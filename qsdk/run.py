@@ -87,6 +87,8 @@ class RunResult:
                 entry["partitions"][r.partition] = r.status
             if r.error is not None:
                 entry.setdefault("errors", []).append(r.to_dict()["error"])
+            for check in r.extra.get("checks", []):
+                entry.setdefault("checks", []).append({**check, "partition": r.partition})
         for name, entry in stages.items():
             entry["status"] = self.stage_status(name)
         return {

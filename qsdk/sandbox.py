@@ -84,7 +84,28 @@ def promote(
         "qsdk.sandbox_version": source_version,
         "qsdk.user": user_name(user),
     }
+    _enforce_checks(production, table, data, mode=mode, predicate=predicate, run_id=meta["qsdk.run_id"],
+                    stage="<promote>", source="promote")
     return production.write(table, data, mode=mode, predicate=predicate, metadata=meta)
+
+
+def _enforce_checks(lake: Lakehouse, table: str, data: Any, *, mode: WriteMode, predicate: str | None,
+                    run_id: str, stage: str, source: str) -> Any:
+    """The table's declared data checks, as a stage's commit runs them: results recorded in
+    ``lake``'s ``qsdk.checks``; a failed ``error`` check raises CheckFailed (nothing written), a
+    failed ``warn`` check is printed. Returns ``data`` conformed to the contract."""
+    from qsdk.lakehouse import checks
+    from qsdk.lakehouse.contract import conform
+
+    spec = lake.spec(table)
+    rows = conform(data, spec)
+    results = checks.check_write(lake, table, rows, mode=mode, predicate=predicate)
+    checks.record(lake.root, results, run_id=run_id, stage=stage, partition=None, source=source)
+    checks.raise_for(results)
+    for result in results:
+        if not result.passed:
+            print(f"qsdk: warning: {checks.describe(result)}")
+    return rows
 
 
 def write_interactive(context: Any, table: str, data: Any, *, mode: WriteMode,
@@ -95,7 +116,10 @@ def write_interactive(context: Any, table: str, data: Any, *, mode: WriteMode,
 
     root = Path(context.extra.get("sandbox") or sandbox_root(context.lakehouse_root, context.extra.get("user")))
     specs = {n: TableSpec.from_dict(s) for n, s in context.tables.items()}
-    version = Lakehouse(root, specs).write(
+    lake = Lakehouse(root, specs)
+    data = _enforce_checks(lake, table, data, mode=mode, predicate=predicate, run_id=context.run_id,
+                           stage=context.stage, source="sandbox")
+    version = lake.write(
         table, data, mode=mode, predicate=predicate,
         metadata={"qsdk.stage": context.stage, "qsdk.run_id": context.run_id, "qsdk.sandbox": "true"},
     )

@@ -181,6 +181,35 @@ class QuantSDK:
         names = sorted(set(self.registry.tables) | set(lake.list_tables()))
         return [lake.info(n) for n in names]
 
+    def check_results(self, table: str | None = None) -> list[dict[str, Any]]:
+        """The latest result of every data check (of ``table``), from the ``qsdk.checks`` table."""
+        from qsdk.lakehouse import checks
+
+        if table is not None:
+            self.registry.table(table)  # an unknown name gets the registry's "did you mean"
+        declared = {(name, c.name) for name, spec in self.registry.tables.items() for c in spec.checks}
+        rows = checks.latest(self.config.lakehouse_root, table).to_pylist()
+        return [r for r in rows if (r["table"], r["check"]) in declared]  # not checks since removed
+
+    def run_checks(self, table: str) -> list[Any]:
+        """Evaluate ``table``'s declared checks against the table as it is now (e.g. after
+        changing a check); the results are recorded in ``qsdk.checks`` with source ``manual``.
+        A row-count change has no replaced slice here and passes."""
+        from qsdk.lakehouse import checks
+        from qsdk.run import new_run_id
+
+        spec = self.registry.table(table)
+        lake = self.lakehouse
+        if not lake.exists(table):
+            raise ParameterError(f"table {table!r} does not exist under {lake.root}: run the stage that writes it",
+                                 table=table)
+        version = lake.version(table)
+        results = checks.evaluate(table, spec.checks, lake.read(table, version=version), spec.columns,
+                                  table_version=version)
+        checks.record(lake.root, results, run_id=f"manual-{new_run_id()}", stage="<qsdk checks>",
+                      partition=None, source="manual")
+        return results
+
     def restore(self, table: str, *, version: int, reason: str | None = None) -> int:
         """Make ``table`` hold again what it held at ``version``; return the new version.
 

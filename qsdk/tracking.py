@@ -337,7 +337,9 @@ class MlflowTracking(Hook):
         if result.status == "cached":  # not executed: the versions are those of the cached run
             tags.append(RunTag("qsdk.cached_from", str(result.extra.get("cached_from", ""))))
         now = int(time.time() * 1000)
-        with_retry(c.log_batch, run_id, metrics=[Metric("duration_s", result.duration, now, 0)], tags=tags)
+        metrics = [Metric("duration_s", result.duration, now, 0)]
+        check_metrics, check_tags = _check_records(result.extra.get("checks", []), now)
+        with_retry(c.log_batch, run_id, metrics=metrics + check_metrics, tags=tags + check_tags)
         if result.status != "cached":
             self._log_notebook(c, run_id, Path(result.notebook or task.output_notebook))
         with_retry(c.set_terminated, run_id, status="FINISHED" if ok else "FAILED")
@@ -381,6 +383,33 @@ class MlflowTracking(Hook):
 # ------------------------------------------------------------------ notebook API
 
 _warned = False
+
+
+def _check_records(results: list[dict[str, Any]], now: int) -> tuple[list[Any], list[Any]]:
+    """Data check results as MLflow metrics (``check.<table>.<check>.failing_rows``) and tags
+    (``qsdk.checks``: counts; ``check.<table>.<check>``: ``failed``/``warned`` with the message)."""
+    from mlflow.entities import Metric, RunTag
+
+    if not results:
+        return [], []
+    metrics, tags = [], []
+    for r in results:
+        key = _metric_key(f"check.{r['table']}.{r['check']}")
+        metrics.append(Metric(f"{key}.failing_rows", float(r["failing_rows"]), now, 0))
+        if not r["passed"]:
+            state = "failed" if r["severity"] == "error" else "warned"
+            tags.append(RunTag(key, f"{state}: {r['message']}"[:_MAX_TAG]))
+    failed = sum(1 for r in results if not r["passed"] and r["severity"] == "error")
+    warned = sum(1 for r in results if not r["passed"] and r["severity"] != "error")
+    tags.append(RunTag("qsdk.checks", f"{len(results) - failed - warned} passed, {warned} warned, {failed} failed"))
+    return metrics, tags
+
+
+def _metric_key(text: str) -> str:
+    """MLflow allows letters, digits, ``_ - . space /`` in names; the rest becomes ``_``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
 
 
 def _warn(message: str) -> None:

@@ -54,6 +54,7 @@ class TableSpec:
     partition_by: tuple[str, ...] = ()
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    checks: tuple[Any, ...] = ()  # qsdk.lakehouse.checks.Check, parsed with the registry
 
     def __post_init__(self) -> None:
         validate_table_name(self.name)
@@ -80,22 +81,32 @@ class TableSpec:
         return pa.schema([pa.field(c, TYPES[t], nullable=True) for c, t in self.columns.items()])
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The contract as data: what crosses into a kernel and what the cache key hashes (so a
+        changed check makes the tasks writing the table stale). ``checks`` only when declared,
+        so a table without checks keeps the hash it had before checks existed."""
+        out = {
             "name": self.name,
             "columns": dict(self.columns),
             "primary_key": list(self.primary_key),
             "partition_by": list(self.partition_by),
             "description": self.description,
         }
+        if self.checks:
+            out["checks"] = [c.to_dict() for c in self.checks]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TableSpec:
+        from qsdk.lakehouse.checks import parse_checks
+
+        columns = dict(data["columns"])
         return cls(
             name=data["name"],
-            columns=dict(data["columns"]),
+            columns=columns,
             primary_key=tuple(data.get("primary_key", ())),
             partition_by=tuple(data.get("partition_by", ())),
             description=data.get("description", ""),
+            checks=parse_checks(data["name"], columns, data.get("checks"), validate_sql=False),
         )
 
 

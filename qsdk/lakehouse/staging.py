@@ -77,6 +77,21 @@ def recorded_reads(staging_dir: str | Path) -> dict[str, int]:
     return {entry["table"]: entry["version"] for entry in read_log(staging_dir)}
 
 
+def check_staged(staging_dir: str | Path, lakehouse: Lakehouse) -> list[Any]:
+    """Evaluate the declared data checks (:mod:`qsdk.lakehouse.checks`) of every staged write
+    against the table as it is now (a row-count change compares with the slice the write
+    replaces). Call before :func:`commit_staged`; nothing is committed here."""
+    from qsdk.lakehouse import checks
+
+    folder = Path(staging_dir)
+    results: list[Any] = []
+    for entry in staged_writes(folder):
+        if lakehouse.spec(entry.table).checks:
+            results += checks.check_write(lakehouse, entry.table, pq.read_table(folder / entry.file),
+                                          mode=entry.mode, predicate=entry.predicate)
+    return results
+
+
 def commit_staged(staging_dir: str | Path, lakehouse: Lakehouse, *, app_prefix: str,
                   metadata: dict[str, Any]) -> dict[str, int]:
     """Commit every staged write in order; return ``{table: version written}``.

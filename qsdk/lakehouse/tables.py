@@ -173,6 +173,17 @@ class Lakehouse:
         except Exception as exc:
             raise LakehouseError(f"failed reading {name!r} where {predicate}: {exc}", table=name) from exc
 
+    def count_where(self, name: str, predicate: str, *, version: int | None = None) -> int:
+        """How many rows :meth:`read_where` would return (the slice a partition overwrite replaces)."""
+        from deltalake import QueryBuilder
+
+        dt = self._table(name, version)
+        try:
+            reader = QueryBuilder().register("t", dt).execute(f"SELECT count(*) AS n FROM t WHERE {predicate}")
+            return int(pa.table(pa.RecordBatchReader.from_stream(reader)).column("n")[0].as_py())
+        except Exception as exc:
+            raise LakehouseError(f"failed counting {name!r} where {predicate}: {exc}", table=name) from exc
+
     def commit_info(self, name: str, version: int) -> dict[str, Any] | None:
         """The ``commitInfo`` of one version, read from its log file (``None`` when the file is
         gone, e.g. after log clean-up). Cheaper than :meth:`history` for a few versions."""

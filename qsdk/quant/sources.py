@@ -52,8 +52,13 @@ def load(
     seed: int = 0,
     signal_strength: float = 0.0,
     history_start: str = SYNTHETIC_HISTORY_START,
+    faults: list[str] | None = None,
 ) -> pd.DataFrame:
     """Bars from ``source`` for [start, end].
+
+    ``faults`` (synthetic only): vendor faults to plant, for tests of the data checks (see
+    :func:`qsdk.quant.synthetic.inject_faults`: ``zero_price``, ``negative_price``,
+    ``missing_session``, ``nan_burst``).
 
     The synthetic market is generated from ``history_start`` (prefix-stable, adjustment
     anchored at each symbol's first session: see :mod:`qsdk.quant.synthetic`), so every
@@ -61,13 +66,18 @@ def load(
     ``signal_strength`` plants the signal of :func:`load_signals` into the synthetic returns.
     """
     if source == "bokeh":
+        if faults:
+            raise ValueError("faults= plants errors into synthetic data only; use source='synthetic'")
         return load_bokeh(symbols, start=start, end=end)
     if source == "synthetic":
+        from qsdk.quant.synthetic import inject_faults
+
         panel = _synthetic_panel(start=start, end=end, n_symbols=n_symbols, seed=seed,
                                  signal_strength=signal_strength, history_start=history_start)
         if panel is None:
             return _empty(PRICE_COLUMNS)
-        return _slice(panel.prices, start=start, end=end, symbols=symbols)[PRICE_COLUMNS]
+        bars = _slice(panel.prices, start=start, end=end, symbols=symbols)[PRICE_COLUMNS]
+        return inject_faults(bars, faults) if faults else bars
     raise ValueError(f"unknown source {source!r}; use 'bokeh' or 'synthetic'")
 
 

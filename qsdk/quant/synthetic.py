@@ -380,3 +380,44 @@ def vendor_delivery(
         published_at=session_closes(all_sessions[position[restated] + restate_after], calendar=calendar))
     delivered = pd.concat([out.assign(published_at=published), revision], ignore_index=True)
     return delivered.sort_values(["date", "symbol", "published_at"], kind="mergesort").reset_index(drop=True)
+
+
+FAULTS = ("zero_price", "negative_price", "missing_session", "nan_burst")
+NAN_BURST = 10  # consecutive sessions of one symbol whose close is NaN
+
+
+def inject_faults(bars: pd.DataFrame, faults: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    """``bars`` with the vendor faults named in ``faults`` planted at fixed places, for tests of
+    the data checks (:mod:`qsdk.lakehouse.checks`):
+
+    * ``zero_price``: the first symbol's close is 0 on the middle session of the range;
+    * ``negative_price``: the last symbol's close is negated on the middle session;
+    * ``missing_session``: the session a third into the range is dropped for half of the symbols
+      (not at either end of a symbol's range: a gap, not a shorter history);
+    * ``nan_burst``: the second symbol's close is NaN for ``NAN_BURST`` sessions from the middle.
+
+    Deterministic: the same bars and faults give the same frame. An empty frame is returned as is.
+    """
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown:
+        raise ValueError(f"unknown fault(s) {unknown}; use any of {', '.join(FAULTS)}")
+    out = bars.sort_values(["symbol", "date"]).reset_index(drop=True)
+    if out.empty or not faults:
+        return out
+    dates = np.sort(out["date"].unique())
+    middle = dates[len(dates) // 2]
+    symbols = sorted(out["symbol"].unique())
+    on_middle = out["date"] == middle
+    if "zero_price" in faults:
+        out.loc[on_middle & (out["symbol"] == symbols[0]), "close"] = 0.0
+    if "negative_price" in faults:
+        row = on_middle & (out["symbol"] == symbols[-1])
+        out.loc[row, "close"] = -out.loc[row, "close"]
+    if "nan_burst" in faults:
+        burst = dates[len(dates) // 2: len(dates) // 2 + NAN_BURST]
+        out.loc[out["date"].isin(burst) & (out["symbol"] == symbols[min(1, len(symbols) - 1)]), "close"] = np.nan
+    if "missing_session" in faults:
+        gone = symbols[: max(1, len(symbols) // 2)]
+        third = out["date"] == dates[len(dates) // 3]
+        out = out[~(third & out["symbol"].isin(gone))].reset_index(drop=True)
+    return out

@@ -73,7 +73,9 @@ def env(tmp_path_factory) -> dict[str, Path]:
                   primary_key=["symbol", "date"])
     project.table("bronze.secret", {"id": "int64"})
     project.table("silver.returns", {"date": "date", "symbol": "string", "ret": "float64"},
-                  primary_key=["symbol", "date"])
+                  primary_key=["symbol", "date"],
+                  checks=[{"column": "ret", "between": [-0.9, 10]},
+                          {"null_fraction": {"column": "ret", "at_most": 0.0}, "severity": "warn"}])
     project.stage("returns", PARAMS, "pass", inputs=["bronze.prices"], outputs=["silver.returns"],
                   partition={"by": "month"})
     project.flow("daily", ["returns"], description="returns from prices")
@@ -216,6 +218,50 @@ def test_interactive_writes_go_to_the_sandbox_until_promoted(session: Session, e
     assert meta["qsdk.promoted_from"].endswith("_sandbox/tester/silver/returns")
     again = session.run("%qsdk promote silver.returns")  # append refuses the now existing keys
     assert again["error"][0] == "ContractViolation" and "duplicate" in again["error"][1]
+
+
+def test_checks_run_on_sandbox_writes_and_on_promote(session: Session, env) -> None:
+    from qsdk.lakehouse import checks
+
+    user = "checker"
+    session.ok(f"import os; os.environ['QSDK_USER'] = {user!r}")
+    session.ok("%qsdk stage returns")
+    try:
+        bad = session.run(
+            "import qsdk, pandas as pd, datetime as dt\n"
+            "bad = pd.DataFrame({'date': [dt.date(2020, 1, 1), dt.date(2020, 1, 2)], 'symbol': ['AAA', 'AAA'],"
+            " 'ret': [0.1, 50.0]})\n"
+            "qsdk.write_table('silver.returns', bad)")
+        assert bad["error"][0] == "CheckFailed"
+        assert "silver.returns check 'ret between -0.9 and 10' (error): 1 of 2 row(s) fail" in bad["error"][1]
+        sandbox = env["lake"] / "_sandbox" / user
+        assert not Lakehouse(sandbox).exists("silver.returns")  # nothing written
+        warned = session.ok("qsdk.write_table('silver.returns', bad.assign(ret=[0.1, None]))")
+        assert "warning: silver.returns check 'null_fraction ret <= 0.0' (warn)" in warned["stdout"]
+        assert Lakehouse(sandbox).read("silver.returns").num_rows == 2  # a warning commits
+        recorded = checks.latest(sandbox, "silver.returns").to_pylist()
+        assert {(r["check"], r["passed"], r["source"]) for r in recorded} == {
+            ("ret between -0.9 and 10", True, "sandbox"), ("null_fraction ret <= 0.0", False, "sandbox")}
+        # promote runs the same checks against production: a bad row put in the sandbox around qsdk is refused
+        Lakehouse(sandbox, {"silver.returns": _plain_spec()}).write(
+            "silver.returns", pd.DataFrame({"date": [dt.date(2020, 2, 3)], "symbol": ["ZZZ"], "ret": [99.0]}),
+            mode="append")
+        before = Lakehouse(env["lake"]).version("silver.returns")
+        refused = session.run("%qsdk promote silver.returns")
+        assert refused["error"][0] == "CheckFailed" and "'ret between -0.9 and 10'" in refused["error"][1]
+        assert Lakehouse(env["lake"]).version("silver.returns") == before
+        assert any(r["source"] == "promote" and not r["passed"]
+                   for r in checks.latest(env["lake"], "silver.returns").to_pylist())
+    finally:
+        session.ok("%qsdk unstage")
+        session.ok("os.environ['QSDK_USER'] = 'tester'")
+
+
+def _plain_spec():
+    from qsdk.lakehouse.contract import TableSpec
+
+    return TableSpec("silver.returns", {"date": "date", "symbol": "string", "ret": "float64"},
+                     primary_key=("symbol", "date"))
 
 
 def test_stage_magics_change_nothing_inside_a_flow_run(session: Session, env) -> None:
