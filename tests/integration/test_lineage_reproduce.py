@@ -24,7 +24,7 @@ from qsdk.reproduce import compare_tables, reproduce
 from qsdk.run import RunResult
 from qsdk.sdk import QuantSDK
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 YEAR = {"start": "2005-01-01", "end": "2005-12-31"}
 STAGES = ["ingest_prices", "clean_prices"]  # the price part of the backfill flow
 

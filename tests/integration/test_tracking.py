@@ -22,7 +22,7 @@ from qsdk.run import RunResult, RunState, new_run_id, plan
 from qsdk.sdk import QuantSDK
 from qsdk.tracking import MlflowTracking
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "tests" / "notebooks" / "tracking_metrics.ipynb"
 
 
