@@ -301,7 +301,7 @@ def file_hash(path: str | Path) -> str:
     return digest
 
 
-_TOP_LEVEL: dict[str, list[str]] | None = None
+_TOP_LEVEL: Mapping[str, list[str]] | None = None
 
 
 def distributions(top_level_names: Iterable[str]) -> dict[str, str]:

@@ -194,10 +194,10 @@ def _papermill(task: Task, context_path: Path, km: Any) -> None:
         except (OSError, ValueError):
             cells = []
         started = [i for i, c in enumerate(cells) if (c["metadata"].get("papermill") or {}).get("start_time")]
-        index = _source_cell_index(task.output_notebook, started[-1]) if started else None
-        where = f"cell {index} (`{_first_line(cells[started[-1]]['source'])}`)" if started else "a cell"
+        timed_out: int | None = _source_cell_index(task.output_notebook, started[-1]) if started else None
+        where = f"cell {timed_out} (`{_first_line(cells[started[-1]]['source'])}`)" if started else "a cell"
         raise _failed(task, f"{where} ran longer than the stage timeout of {task.timeout} s",
-                      reason="timeout", cell_index=index, ename="CellTimeoutError",
+                      reason="timeout", cell_index=timed_out, ename="CellTimeoutError",
                       evalue=_first_line(str(exc))) from None
     except DeadKernelError as exc:
         raise _failed(task, "the kernel died (killed, out of memory, or crashed)",

@@ -109,7 +109,7 @@ def parse_view(name: str, spec: Any, origin: str, tables: Mapping[str, TableSpec
     if unknown:
         raise RegistryError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_VIEW_KEYS)}")
     table = spec.get("table")
-    if table not in tables:
+    if not isinstance(table, str) or table not in tables:
         raise RegistryError(
             f"{where}: table {table!r} is not declared under tables:; known: {', '.join(sorted(tables))}"
         )

@@ -105,7 +105,7 @@ class Flow:
             for s in self.stages
         }
 
-    def sorter(self) -> graphlib.TopologicalSorter:
+    def sorter(self) -> graphlib.TopologicalSorter[str]:
         return graphlib.TopologicalSorter(self.dependencies())
 
     def order(self) -> list[str]:

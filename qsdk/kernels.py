@@ -68,7 +68,7 @@ class _PooledClient(AsyncKernelClient):
     that status does not come quickly (IOPub not subscribed yet), fall back to the original.
     """
 
-    async def wait_for_ready(self, timeout: float | None = None) -> None:  # type: ignore[override]
+    async def wait_for_ready(self, timeout: float | None = None) -> None:
         msg_id = self.kernel_info()
         try:
             reply = await self._reply_to(self.get_shell_msg, msg_id, timeout=min(timeout or 5.0, 5.0))
@@ -102,7 +102,7 @@ class _PooledKernelManager(AsyncKernelManager):
         self._qsdk_clients: list[Any] = []
         self._qsdk_ready: Any = None
 
-    def client(self, **kwargs: Any):  # type: ignore[override]
+    def client(self, **kwargs: Any):
         if self._qsdk_ready is not None and not kwargs:
             kc, self._qsdk_ready = self._qsdk_ready, None
             return kc

@@ -30,6 +30,7 @@ import shlex
 from typing import Any
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from qsdk import runtime, sandbox
@@ -87,6 +88,12 @@ def _sdk():
 
 @magics_class
 class QsdkMagics(Magics):
+    @property
+    def _shell(self) -> InteractiveShell:
+        if self.shell is None:  # IPython sets it on registration; magics only run registered
+            raise UsageError("qsdk magics are not registered with an IPython shell: run %load_ext qsdk")
+        return self.shell
+
     @line_cell_magic
     def qsdk(self, line: str, cell: str | None = None) -> Any:
         args = _parser().parse_args(shlex.split(line))
@@ -97,7 +104,7 @@ class QsdkMagics(Magics):
                 raise UsageError("sql is a cell magic: put the query in a cell that starts with %%qsdk sql")
             frame = self.sql(cell)
             if args.out:
-                self.shell.push({args.out: frame})
+                self._shell.push({args.out: frame})
             return frame
         return getattr(self, f"_{args.command}")(args)
 
@@ -130,7 +137,7 @@ class QsdkMagics(Magics):
             extra={"interactive": True, "sandbox": str(root), "user": user},
         )
         runtime.activate(context)
-        self.shell.push(values)
+        self._shell.push(values)
         shown = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "(none)"
         print(f"qsdk: exploring stage {stage.name!r}: reads {', '.join(context.allowed_reads) or 'nothing'}; "
               f"writes {', '.join(stage.outputs) or 'nothing'} to the sandbox {root}\n"
@@ -211,10 +218,10 @@ class QsdkMagics(Magics):
             con.execute("SET enable_external_access = false")  # no files, extensions, Python scans
             con.execute("SET lock_configuration = true")  # ... and no SET to turn it back on
             names = set(re.findall(r"(?<![\w$])\$([A-Za-z_]\w*)", query))
-            missing = sorted(n for n in names if n not in self.shell.user_ns)
+            missing = sorted(n for n in names if n not in self._shell.user_ns)
             if missing:
                 raise UsageError(f"SQL uses ${', $'.join(missing)} but no such variable is defined")
-            bound = {n: self.shell.user_ns[n] for n in names}
+            bound = {n: self._shell.user_ns[n] for n in names}
             try:
                 return (con.execute(query, bound) if bound else con.execute(query)).df()
             except (duckdb.PermissionException, duckdb.InvalidInputException) as exc:

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeVar
 
 import yaml
 
@@ -36,6 +36,8 @@ from qsdk.flow import Binding, Flow
 from qsdk.lakehouse.contract import TableSpec
 from qsdk.nbfile import leading_imports
 from qsdk.stage import PartitionSpec, SourceSpec, Stage
+
+_T = TypeVar("_T")
 
 _STAGE_KEYS = {"notebook", "inputs", "outputs", "parameters", "partition", "description",
                "timeout", "retries", "resources", "preload", "sources"}
@@ -131,13 +133,13 @@ class Registry:
         """Every declared flow, valid or broken, in declaration order."""
         return [*self.flows, *(p.name for p in self.problems if p.kind == "flow")]
 
-    def _lookup(self, mapping: dict[str, Any], name: str, kind: Kind) -> Any:
+    def _lookup(self, mapping: dict[str, _T], name: str, kind: Kind) -> _T:
         if name not in mapping and (broken := self.problem(kind, name)) is not None:
             broken.raise_()
         return _lookup(mapping, name, kind)
 
 
-def _lookup(mapping: dict[str, Any], name: str, kind: str) -> Any:
+def _lookup(mapping: dict[str, _T], name: str, kind: str) -> _T:
     try:
         return mapping[name]
     except KeyError:
@@ -389,11 +391,11 @@ def _flow(name: str, spec: dict[str, Any], origin: str, stages: dict[str, Stage]
     if undeclared:
         raise RegistryError(f"{where}: parameters {sorted(undeclared)} are declared by none of its stages")
     for binding in flow.bindings:
-        unknown = [t for t in binding.targets if t not in flow.parameter_names()]
-        if unknown or binding.name in flow.parameter_names():
+        targets = [t for t in binding.targets if t not in flow.parameter_names()]
+        if targets or binding.name in flow.parameter_names():
             raise RegistryError(
                 f"{where}: bind: {binding.name!r} must be a new name that sets parameters its stages declare "
-                f"(undeclared targets: {unknown or '-'})"
+                f"(undeclared targets: {targets or '-'})"
             )
     return flow
 

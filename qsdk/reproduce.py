@@ -38,6 +38,7 @@ from qsdk.registry import Registry
 from qsdk.run import RunResult, new_run_id, run_flow
 
 Kind = Literal["flow", "stage", "partition"]
+_KINDS: dict[str, Kind] = {"flow": "flow", "stage": "stage", "partition": "partition"}
 REPRO_DIR = "lakehouse-repro"
 
 
@@ -297,8 +298,8 @@ def recorded(mlflow_run_id: str, *, tracking_uri: str) -> Recorded:
             "or partition run (browse them with `make mlflow-ui`, or see `qsdk run --json`)",
         ) from None
     tags = run.data.tags
-    kind = tags.get("qsdk.kind")
-    if kind not in ("flow", "stage", "partition"):
+    kind = _KINDS.get(tags.get("qsdk.kind", ""))
+    if kind is None:
         raise QsdkError(f"MLflow run {mlflow_run_id} was not recorded by a qsdk flow run (no qsdk.kind tag)")
     if run.info.status != "FINISHED":
         raise QsdkError(f"MLflow run {mlflow_run_id} ended {run.info.status}: only a run that succeeded "

@@ -97,7 +97,7 @@ class Launcher(W.VBox):
         run_tab = W.VBox([self.form, self.validation, W.HBox([self.executor_picker, self.track_box]),
                           self.run_button, self.status, self.progress_box, self.links])
         self.tabs = W.Tab(children=[run_tab, self.history], titles=("Run", "History"))
-        self.tabs.observe(lambda change: change["new"] == 1 and self.show_history(), names="selected_index")
+        self.tabs.observe(lambda change: self.show_history() if change["new"] == 1 else None, names="selected_index")
         super().__init__([
             W.HTML("<b>qsdk launcher</b>"),
             W.HBox([self.flow_picker, self.flow_help]),

@@ -116,7 +116,7 @@ class RayExecutor(Executor):
                     )
             self._owns_session = True
         self._nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
-        self._remote = ray.remote(_run_on_worker)
+        self._remote = ray.remote(_run_on_worker)  # type: ignore[arg-type]  # ray types remote() for zero-argument functions only
 
     def submit(self, task: Task) -> Future[TaskResult]:
         if self._remote is None:

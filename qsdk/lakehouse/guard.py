@@ -229,7 +229,7 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
 
 def _guard_init(cls: type, how: str, *, param: str, skip_callers: tuple[str, ...] = ()) -> None:
     """Check the path argument (first, or ``param=``) of ``cls(...)`` before it opens anything."""
-    original = cls.__init__
+    original = cls.__init__  # type: ignore[misc]  # wrapping the class's own __init__ is the point
     if getattr(original, "__qsdk_guarded__", False):
         return
 

@@ -79,7 +79,7 @@ class DataLoader:
             if version is None:
                 version = ctx.pinned_versions.get(table)
             if version is None:
-                version = lakehouse.version(table)
+                version = lakehouse.latest_version(table)
                 ctx.pinned_versions[table] = version  # every later read sees the same snapshot
             data = lakehouse.read(table, columns=columns, filters=filters, version=version)
             if ctx.staging_dir and version is not None:
@@ -95,12 +95,12 @@ class DataLoader:
         root = self.context.read_roots.get(table) if self.context else None
         return self.lakehouse if root is None else Lakehouse(root, self.lakehouse.specs)
 
-    def read(self, table: str, **kwargs: Any):
+    def read(self, table: str, **kwargs: Any) -> Any:
         """Like :meth:`read_arrow`, as a pandas DataFrame."""
         return self.read_arrow(table, **kwargs).to_pandas()
 
     def training_set(self, entity_df: Any, features: Sequence[str] | str, *, timestamp: str = "timestamp",
-                     views: Any = None):
+                     views: Any = None) -> Any:
         """``entity_df`` plus the requested features, joined point in time.
 
         ``features``: feature view names (every feature of the view) or ``"view:feature"``

@@ -11,7 +11,7 @@ import fcntl
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -79,7 +79,7 @@ class Lakehouse:
         except (FileNotFoundError, NotADirectoryError):
             return False
 
-    def _table(self, name: str, version: int | None = None):
+    def _table(self, name: str, version: int | None = None) -> Any:
         from deltalake import DeltaTable
 
         if not self.exists(name):
@@ -121,7 +121,7 @@ class Lakehouse:
         return TableInfo(name, dt.version(), rows, str(folder))
 
     def history(self, name: str, *, limit: int | None = None) -> list[dict[str, Any]]:
-        return self._table(name).history(limit)
+        return list(self._table(name).history(limit))
 
     def commit_metadata(self, name: str, version: int) -> dict[str, Any]:
         for entry in self.history(name):
@@ -183,7 +183,8 @@ class Lakehouse:
             with open(path) as fh:
                 for line in fh:
                     if '"commitInfo"' in line:
-                        return json.loads(line)["commitInfo"]
+                        info: dict[str, Any] = json.loads(line)["commitInfo"]
+                        return info
         except (OSError, ValueError):
             return None
         return {}
@@ -245,7 +246,8 @@ class Lakehouse:
                 raise LakehouseError(f"failed writing {name!r} ({mode}): {exc}", table=name) from exc
         return committed if committed is not None else self._version_of_write(name, write_id)
 
-    def _commit(self, name, spec, table, *, mode, predicate, meta, app_id, app_version) -> int | None:
+    def _commit(self, name: str, spec: TableSpec, table: pa.Table, *, mode: str, predicate: str | None,
+                meta: Mapping[str, Any], app_id: str | None, app_version: int | None) -> int | None:
         """Commit ``table``; return the version committed (``None`` when this created the table).
 
         Writes go through a loaded ``DeltaTable``, whose version after the commit is the one
@@ -254,7 +256,7 @@ class Lakehouse:
         """
         from deltalake import CommitProperties, Transaction, write_deltalake
 
-        txns = [Transaction(app_id=app_id, version=app_version)] if app_id else None
+        txns = [Transaction(app_id=app_id, version=app_version)] if app_id and app_version is not None else None
         props = CommitProperties(custom_metadata=_stringify(meta), app_transactions=txns)
         path = str(self.path(name))
         if not self.exists(name):
@@ -285,7 +287,7 @@ class Lakehouse:
                 .when_not_matched_insert_all()
                 .execute()
             )
-        return dt.version()
+        return int(dt.version())
 
     @contextlib.contextmanager
     def _creation_lock(self, name: str) -> Iterator[None]:
@@ -340,7 +342,7 @@ class Lakehouse:
 
     def _version_of_app(self, name: str, app_id: str) -> int:
         """The version an earlier attempt committed under ``app_id`` (its commit metadata)."""
-        latest = int(self.version(name))  # type: ignore[arg-type]
+        latest = self.latest_version(name)
         for version in range(latest, max(latest - 500, -1), -1):
             if (self.commit_info(name, version) or {}).get("qsdk.app_id") == app_id:
                 return version
@@ -352,7 +354,14 @@ class Lakehouse:
                 entry.get("userMetadata") and write_id in str(entry.get("userMetadata"))
             ):
                 return int(entry["version"])
-        return int(self.version(name))
+        return self.latest_version(name)
+
+    def latest_version(self, name: str) -> int:
+        """The table's latest version; a clear error when the table does not exist."""
+        version = self.version(name)
+        if version is None:
+            raise LakehouseError(f"table {name!r} has no version: it does not exist", table=name)
+        return version
 
     def undo_keys(self, name: str, keys: pa.Table, *, before: int | None,
                   metadata: Mapping[str, Any] | None = None) -> int:
@@ -381,7 +390,7 @@ class Lakehouse:
             if updates:
                 merger = merger.when_matched_update(updates, predicate=f"s.{_q(_KEEP)} = true")
             merger.when_matched_delete(predicate=f"s.{_q(_KEEP)} IS NULL").execute()
-            return dt.version()
+            return int(dt.version())
 
         return self._with_conflict_retries(name, commit, what="undo")
 
@@ -393,7 +402,7 @@ class Lakehouse:
         rows = self.read(name, version=version, filters=[(first, "in", keys.column(first).to_pylist())])
         return conform(rows.join(keys, keys=list(spec.primary_key), join_type="inner"), spec)
 
-    def _with_conflict_retries(self, name: str, commit: Any, *, what: str) -> int:
+    def _with_conflict_retries(self, name: str, commit: Callable[[], int], *, what: str) -> int:
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 return commit()
@@ -412,7 +421,7 @@ class Lakehouse:
             dt.restore(version, commit_properties=CommitProperties(custom_metadata=_stringify(metadata or {})))
         except Exception as exc:
             raise LakehouseError(f"failed restoring {name!r} to version {version}: {exc}", table=name) from exc
-        return self.version(name)
+        return self.latest_version(name)
 
 
 def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
@@ -421,7 +430,7 @@ def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
     strings = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
     if any(f(a) for f in strings) and any(f(b) for f in strings):
         return True
-    return pa.types.is_timestamp(a) and pa.types.is_timestamp(b) and a.tz == b.tz
+    return bool(pa.types.is_timestamp(a) and pa.types.is_timestamp(b) and a.tz == b.tz)
 
 
 def _q(column: str) -> str:
@@ -445,7 +454,7 @@ _OPS = {
 }
 
 
-def _expression(filters: Filters, schema: pa.Schema):
+def _expression(filters: Filters, schema: pa.Schema) -> Any:
     """AND of ``(column, op, value)`` filters as a pushed-down Arrow expression.
 
     Values are cast to the column's stored type, so ``('date', '>=', '2020-01-01')`` works on a

@@ -21,6 +21,7 @@ so the version it replaces stays reachable through Delta history.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import hashlib
 import json
@@ -327,7 +328,7 @@ class SnapshotStore:
             if not lake.exists(table):
                 raise VersioningError(f"table {table!r} does not exist under {lake.root}: run the stage "
                                       "that writes it, or leave it out of the snapshot", table=table)
-        pinned = {t: wanted[t] if wanted.get(t) is not None else lake.version(t) for t in names}
+        pinned = {t: v if (v := wanted.get(t)) is not None else lake.latest_version(t) for t in names}
         folder, dvc_file = self.path(name), self.dvc_file(name)
         tmp = self.folder / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
@@ -370,7 +371,7 @@ class SnapshotStore:
         return remote
 
     # -------------------------------------------------------------- verify and materialise
-    def verify(self, name: str, tables: Sequence[str] | None = None) -> list[Problem]:
+    def verify(self, name: str, tables: Sequence[str] | None = None) -> builtins.list[Problem]:
         """Re-hash the snapshot's files in the workspace; ``[]`` when every file matches."""
         info = self.get(name)
         folder = self.path(name)
@@ -410,7 +411,7 @@ class SnapshotStore:
                 raise self._corrupted(name, problems, None if proc.returncode == 0 else dvc.last_words(proc))
         return json.loads((self.path(name) / MANIFEST).read_text())
 
-    def _corrupted(self, name: str, problems: list[Problem], dvc_error: str | None) -> SnapshotCorrupted:
+    def _corrupted(self, name: str, problems: builtins.list[Problem], dvc_error: str | None) -> SnapshotCorrupted:
         info = self.get(name)
         objects = _cache_objects(self.project, info.md5)
         prefix = self._rel(self.path(name)) + "/"
@@ -442,7 +443,7 @@ class SnapshotStore:
         or ``changed``."""
         if not lake.exists(table):
             return "missing"
-        current = lake.version(table)
+        current = lake.latest_version(table)
         meta = lake.commit_metadata(table, current)
         if meta.get(SNAPSHOT_KEY) == info.name and meta.get(SNAPSHOT_MD5_KEY) == info.md5:
             return "restored"
