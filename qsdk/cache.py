@@ -169,7 +169,7 @@ class Cache:
 
     def check(self, *, stage: str, partition: str | None, notebook: str, params: dict[str, Any],
               code: str | None = None, sources: Any = ()) -> Verdict:
-        """``sources``: the stage's declared non-table sources (:class:`qsdk.stage.SourceSpec`)."""
+        """``sources``: the stage's declared non-table sources (:class:`qsdk.model.stage.SourceSpec`)."""
         record = self.load(stage, partition)
         if record is None:
             return Verdict("never", ["never run"])

@@ -12,9 +12,9 @@
 A stage notebook may start with ``%load_ext qsdk`` and ``%qsdk stage NAME`` for exploration:
 in a flow run those lines change nothing (the run's context and injected parameters stand).
 ``%qsdk stage`` validates the parameters with the same code as a run (``Stage.resolve``) and
-activates a :class:`~qsdk.runtime.StageContext` marked interactive: reads are limited to the
+activates a :class:`~qsdk.execution.context.StageContext` marked interactive: reads are limited to the
 stage's declared tables (as in a run), and ``write_table`` commits at once, but to the user's
-sandbox (:mod:`qsdk.sandbox`), never to production; ``qsdk.promote`` publishes a sandbox table.
+sandbox (:mod:`qsdk.lakehouse.sandbox`), never to production; ``qsdk.promote`` publishes a sandbox table.
 In SQL, a table ``layer.name`` is visible as ``layer_name``, ``layer.name`` and
 ``"layer.name"``; ``$name`` is bound to the namespace variable ``name`` (e.g. a stage
 parameter). Tables are read through :class:`~qsdk.DataLoader`, so the active stage's contract
@@ -33,9 +33,10 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from qsdk import runtime, sandbox
 from qsdk.errors import ParameterError, SqlAccessDenied
-from qsdk.runtime import StageContext
+from qsdk.execution import context as runtime
+from qsdk.execution.context import StageContext
+from qsdk.lakehouse import sandbox
 
 _USAGE = "%qsdk stage|unstage|read|tables|flows|promote ...  or  %%qsdk sql"
 
@@ -72,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _params(pairs: list[str]) -> dict[str, str]:
-    from qsdk.params import parse_pairs
+    from qsdk.model.params import parse_pairs
 
     try:
         return parse_pairs(pairs)

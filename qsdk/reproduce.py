@@ -3,12 +3,12 @@
 Given a flow, stage or partition run (a qsdk run id, ``RUN_ID:STAGE[:PARTITION]`` or an MLflow
 run id), :func:`reproduce`:
 
-1. reads what the run recorded: its stages, their exact parameters (``qsdk.params`` tags) and
+1. reads what the run recorded: its stages, their exact parameters (``qsdk.model.params`` tags) and
    the Delta versions each task read and wrote (``delta.read.*`` / ``delta.write.*`` tags);
 2. runs the same stages again with the project's *current* notebooks, in a fresh lakehouse
    ``<original lakehouse>/../lakehouse-repro/<new run id>``. Inputs that come from outside the
    reproduced stages are read from the original lakehouse at their recorded versions
-   (``read_roots`` + ``pinned_versions`` of :func:`~qsdk.run.run_flow`); tables the stages
+   (``read_roots`` + ``pinned_versions`` of :func:`~qsdk.execution.scheduling.run_flow`); tables the stages
    write start from the original's state just before the run first wrote them (a snapshot
    copied in), so overwrites, merges and appends act on the same rows as the first time;
 3. compares every output table with the original at the last version the run wrote:
@@ -31,11 +31,11 @@ import pyarrow as pa
 
 from qsdk.config import Config
 from qsdk.errors import QsdkError, UnknownNameError
-from qsdk.executors import Executor
-from qsdk.hooks import Hook
+from qsdk.execution.executors import Executor
+from qsdk.execution.hooks import Hook
+from qsdk.execution.scheduling import RunResult, new_run_id, run_flow
 from qsdk.lakehouse.tables import Lakehouse
-from qsdk.registry import Registry
-from qsdk.run import RunResult, new_run_id, run_flow
+from qsdk.model.registry import Registry
 
 Kind = Literal["flow", "stage", "partition"]
 _KINDS: dict[str, Kind] = {"flow": "flow", "stage": "stage", "partition": "partition"}
@@ -132,7 +132,7 @@ def reproduce(
     ``config.tracking_uri``; the current project's registry and notebooks are what runs (so an
     edited notebook shows up as a difference).
     """
-    from qsdk.tracking import MlflowTracking
+    from qsdk.integrations.mlflow import MlflowTracking
 
     mlflow_run_id = mlflow_run_of(ref, tracking_uri=config.tracking_uri)
     rec = recorded(mlflow_run_id, tracking_uri=config.tracking_uri)
@@ -232,7 +232,7 @@ def mlflow_run_of(ref: str, *, tracking_uri: str) -> str:
         return ref
     run_id, _, rest = ref.partition(":")
     stage, _, partition = rest.partition(":")
-    from qsdk import tracking
+    from qsdk.integrations import mlflow as tracking
 
     c = tracking.client(tracking_uri)
     runs = _search_all(c, f"tags.`qsdk.run_id` = '{run_id}'") if _TOKEN.match(run_id) else []
@@ -287,7 +287,7 @@ def recorded(mlflow_run_id: str, *, tracking_uri: str) -> Recorded:
     """What MLflow run ``mlflow_run_id`` (a qsdk flow, stage or partition run) recorded."""
     from mlflow.exceptions import MlflowException
 
-    from qsdk import tracking
+    from qsdk.integrations import mlflow as tracking
 
     c = tracking.client(tracking_uri)
     try:

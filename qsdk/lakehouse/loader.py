@@ -13,8 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from qsdk import runtime
 from qsdk.errors import ContractViolation
+from qsdk.execution import context as runtime
 from qsdk.lakehouse import staging
 from qsdk.lakehouse.contract import TableSpec, conform, validate_table_name
 from qsdk.lakehouse.tables import Filters, Lakehouse, WriteMode
@@ -41,7 +41,7 @@ def _lakehouse(context: runtime.StageContext | None) -> Lakehouse:
         specs = {n: TableSpec.from_dict(s) for n, s in context.tables.items()}
         return Lakehouse(context.lakehouse_root, specs)
     from qsdk.config import Config
-    from qsdk.registry import Registry
+    from qsdk.model.registry import Registry
 
     config = Config.load()
     return Lakehouse(config.lakehouse_root, Registry.load(config).tables)
@@ -114,7 +114,7 @@ class DataLoader:
         """
         import pandas as pd
 
-        from qsdk import featurestore
+        from qsdk.model import featurestore
         from qsdk.quant.pit import point_in_time_join
 
         views = featurestore.load_views() if views is None else views
@@ -201,7 +201,7 @@ def write_table(
         staging.stage_write(ctx.staging_dir, table, conformed, mode=mode, predicate=predicate)
         return WriteReceipt(table, mode, conformed.num_rows, staged=True)
     if ctx.extra.get("interactive"):  # exploration writes to the user's sandbox, never to production
-        from qsdk.sandbox import write_interactive
+        from qsdk.lakehouse.sandbox import write_interactive
 
         version = write_interactive(ctx, table, conformed, mode=mode, predicate=predicate)
         return WriteReceipt(table, mode, conformed.num_rows, staged=False, version=version,

@@ -12,10 +12,10 @@ import nbformat
 import psutil
 import pytest
 
-from qsdk.execute import Task, run_task
-from qsdk.executors.local import LocalExecutor
-from qsdk.kernels import KernelPool
-from qsdk.runtime import StageContext
+from qsdk.execution.context import StageContext
+from qsdk.execution.executors.local import LocalExecutor
+from qsdk.execution.kernels import KernelPool
+from qsdk.execution.task import Task, run_task
 from tests.conftest import write_notebook
 
 PROBE = """import json, os

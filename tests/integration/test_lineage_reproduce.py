@@ -18,10 +18,10 @@ from mlflow import MlflowClient
 
 from qsdk import cli
 from qsdk.errors import QsdkError, UnknownNameError
+from qsdk.execution.scheduling import RunResult
+from qsdk.lakehouse.lineage import table_lineage
 from qsdk.lakehouse.tables import Lakehouse
-from qsdk.lineage import table_lineage
 from qsdk.reproduce import compare_tables, reproduce
-from qsdk.run import RunResult
 from qsdk.sdk import QuantSDK
 
 REPO = Path(__file__).resolve().parents[2]

@@ -25,11 +25,11 @@ import pandas as pd
 import psutil
 import pytest
 
-from qsdk.progress import ConsoleProgress
+from qsdk.integrations.progress import ConsoleProgress
 from tests.conftest import REPO
 
 ray = pytest.importorskip("ray")
-from qsdk.executors.ray import RayExecutor  # noqa: E402
+from qsdk.execution.executors.ray import RayExecutor  # noqa: E402
 
 COLS = {"date": "date", "v": "int64"}
 YEARS = 'start: "date" = "2020-01-01"\nend: "date" = "2021-12-31"'
@@ -54,8 +54,8 @@ def _rows(sdk, table: str, key: list[str]) -> pd.DataFrame:
 
 
 def test_import_qsdk_does_not_import_ray():
-    code = ("import sys, qsdk, qsdk.executors, qsdk.sdk, qsdk.cli; "
-            "qsdk.executors.known_executors(); print('ray' in sys.modules)")
+    code = ("import sys, qsdk, qsdk.execution.executors, qsdk.sdk, qsdk.cli; "
+            "qsdk.execution.executors.known_executors(); print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

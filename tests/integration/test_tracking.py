@@ -16,11 +16,13 @@ import pytest
 from mlflow import MlflowClient
 
 import qsdk
-from qsdk import cli, runtime, tracking
-from qsdk.execute import TaskResult
-from qsdk.run import RunResult, RunState, new_run_id, plan
+from qsdk import cli
+from qsdk.execution import context as runtime
+from qsdk.execution.scheduling import RunResult, RunState, new_run_id, plan
+from qsdk.execution.task import TaskResult
+from qsdk.integrations import mlflow as tracking
+from qsdk.integrations.mlflow import MlflowTracking
 from qsdk.sdk import QuantSDK
-from qsdk.tracking import MlflowTracking
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "tests" / "notebooks" / "tracking_metrics.ipynb"
@@ -123,7 +125,8 @@ _LAUNCHER = """
 import json, multiprocessing as mp, os, sys, time
 from mlflow import MlflowClient
 import qsdk
-from qsdk import runtime, tracking
+from qsdk.execution import context as runtime
+from qsdk.integrations import mlflow as tracking
 
 paths, steps = json.loads(sys.argv[1]), int(sys.argv[2])
 fork = mp.get_context("fork")

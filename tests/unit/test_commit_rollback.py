@@ -53,7 +53,7 @@ def test_a_failed_task_undoes_its_keys_and_keeps_everyone_elses(lake, tmp_path, 
     assert content(lake) == {1: 1.0, 2: 1.0}
     history = lake.history("silver.t", limit=1)[0]
     assert history["qsdk.rollback"] == "true" and int(history["qsdk.compensates"]) == base + 1
-    from qsdk.lineage import table_lineage
+    from qsdk.lakehouse.lineage import table_lineage
 
     text = table_lineage(lake, "silver.t").describe()
     assert "rolled back by run run" in text and f"undoes version {base + 1}" in text and "silver.broken" in text

@@ -11,8 +11,8 @@ import yaml
 from qsdk import cli
 from qsdk.config import Config
 from qsdk.errors import ParameterError, VersioningError
-from qsdk.registry import Registry
-from qsdk.versioning import dvcsync, run_options
+from qsdk.integrations.dvc import dvcsync, run_options
+from qsdk.model.registry import Registry
 
 REPO = Path(__file__).resolve().parents[2]
 

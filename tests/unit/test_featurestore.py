@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from qsdk.errors import ContractViolation, RegistryError, UnknownNameError
-from qsdk.featurestore import FeatureView, format_ttl, parse_ttl, resolve
+from qsdk.execution.context import StageContext
 from qsdk.lakehouse.loader import DataLoader
-from qsdk.runtime import StageContext
+from qsdk.model.featurestore import FeatureView, format_ttl, parse_ttl, resolve
 
 FEATURE_COLUMNS = {"date": "date", "symbol": "string", "event_time": "timestamp", "known_time": "timestamp",
                    "mom": "float64", "vol": "float64"}

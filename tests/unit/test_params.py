@@ -1,7 +1,7 @@
 import pytest
 
-from qsdk import params as P
 from qsdk.errors import ParameterError, RegistryError
+from qsdk.model import params as P
 
 CELL = '''
 from typing import Literal

@@ -95,7 +95,7 @@ def test_unknown_flow_lists_known(project):
 
 def test_repository_registry_loads():
     from qsdk.config import Config
-    from qsdk.registry import Registry
+    from qsdk.model.registry import Registry
     from tests.conftest import REPO
 
     reg = Registry.load(Config.load(REPO))
@@ -143,7 +143,7 @@ def test_partitions_of_several_years_are_aligned_blocks(project):
 
 
 def test_quarterly_partitions_and_a_bad_every_is_refused(project):
-    from qsdk.stage import PartitionSpec
+    from qsdk.model.stage import PartitionSpec
 
     assert PartitionSpec("month", every=3).split("2020-02-10", "2020-07-15") == [
         ("2020-02-10", "2020-03-31"), ("2020-04-01", "2020-06-30"), ("2020-07-01", "2020-07-15")]

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qsdk.errors import UnknownNameError
-from qsdk.executors.base import Executor
+from qsdk.execution.executors.base import Executor
 
 _FACTORIES: dict[str, Callable[..., Executor]] = {}
 
@@ -38,7 +38,7 @@ def known_executors() -> list[str]:
 
 def _load_builtins() -> None:
     if "local" not in _FACTORIES:
-        from qsdk.executors.local import LocalExecutor
+        from qsdk.execution.executors.local import LocalExecutor
 
         register("local", LocalExecutor)
     if "ray" not in _FACTORIES:
@@ -46,7 +46,7 @@ def _load_builtins() -> None:
 
 
 def _ray_executor(**options: Any) -> Executor:
-    from qsdk.executors.ray import RayExecutor  # imports Ray: only when asked for
+    from qsdk.execution.executors.ray import RayExecutor  # imports Ray: only when asked for
 
     return RayExecutor(**options)
 

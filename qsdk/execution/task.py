@@ -20,10 +20,10 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 from qsdk.errors import QsdkError, StageFailed
+from qsdk.execution.context import ENV_CONTEXT, StageContext
 from qsdk.lakehouse import guard, staging
 from qsdk.lakehouse.contract import TableSpec
 from qsdk.lakehouse.tables import Lakehouse
-from qsdk.runtime import ENV_CONTEXT, StageContext
 
 Status = Literal["succeeded", "failed", "cached", "skipped"]
 
@@ -93,7 +93,7 @@ def run_task(task: Task, *, km: Any = None) -> TaskResult:
     ``km``: an already started kernel manager (a pre-warmed kernel) to run on instead of
     starting a new kernel; it is used for this one run only.
     """
-    from qsdk import engine
+    from qsdk.execution import engine
 
     engine.register()
     started = time.perf_counter()

@@ -1,9 +1,9 @@
-"""MLflow tracking: a :class:`~qsdk.hooks.Hook` that records every flow run, and the
+"""MLflow tracking: a :class:`~qsdk.execution.hooks.Hook` that records every flow run, and the
 ``qsdk.log_metric`` / ``qsdk.log_figure`` functions notebooks call.
 
 Run layout in MLflow (experiment ``qsdk/<flow>``)::
 
-    flow run            tags qsdk.kind=flow, qsdk.run_id, qsdk.flow, git commit; params STAGE.NAME
+    flow run            tags qsdk.kind=flow, qsdk.run_id, qsdk.model.flow, git commit; params STAGE.NAME
     └── stage run       one per stage: tags qsdk.kind=stage; params = the stage's parameters
         └── partition   one per partition when the stage fans out: qsdk.kind=partition
 
@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qsdk.errors import ConfigError, QsdkError
-from qsdk.hooks import Hook
+from qsdk.execution.hooks import Hook
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from qsdk.execute import Task, TaskResult
-    from qsdk.run import RunResult, RunState
+    from qsdk.execution.scheduling import RunResult, RunState
+    from qsdk.execution.task import Task, TaskResult
 
 RUN_ID_KEY = "mlflow_run_id"  # keys of StageContext.tracking (and qsdk.<key> in Delta commits)
 URI_KEY = "mlflow_tracking_uri"
@@ -390,7 +390,7 @@ def _warn(message: str) -> None:
 def _task_target() -> tuple[MlflowClient, str] | None:
     """The client and run id of the running task, or ``None`` (warned once) outside a flow."""
     global _warned
-    from qsdk import runtime
+    from qsdk.execution import context as runtime
 
     ctx = runtime.current()
     tracking = ctx.tracking if ctx is not None else {}

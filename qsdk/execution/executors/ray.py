@@ -1,13 +1,13 @@
 """Run tasks on Ray workers: an embedded local Ray by default, or a cluster by address.
 
-Only this module imports Ray; ``qsdk.executors`` loads it when the ``ray`` executor is asked
+Only this module imports Ray; ``qsdk.execution.executors`` loads it when the ``ray`` executor is asked
 for. Life cycle:
 
 - ``init``: use the Ray session the caller already opened (a notebook, a test), else join the
   cluster at ``address`` / ``$RAY_ADDRESS``, else start an embedded Ray sized to this machine,
   without dashboard and listening on 127.0.0.1 only.
-- ``submit``: one Ray task per stage partition. The task calls :func:`qsdk.execute.run_task`
-  on a pre-warmed kernel from its worker's :class:`~qsdk.kernels.KernelPool` and returns the
+- ``submit``: one Ray task per stage partition. The task calls :func:`qsdk.execution.task.run_task`
+  on a pre-warmed kernel from its worker's :class:`~qsdk.execution.kernels.KernelPool` and returns the
   :class:`TaskResult`; a notebook that raises comes back as a failed result (never retried:
   ``retry_exceptions=False``). A worker that dies (killed, out of memory) is retried up to the
   stage's ``retries`` (``max_retries``); commits are idempotent (Delta application
@@ -34,9 +34,9 @@ import ray
 import ray.exceptions as rex
 
 from qsdk.errors import ConfigError, StageFailed
-from qsdk.execute import Task, TaskResult
-from qsdk.executors.base import Executor
-from qsdk.kernels import WALL_CLOCK_GRACE, KernelPool
+from qsdk.execution.executors.base import Executor
+from qsdk.execution.kernels import WALL_CLOCK_GRACE, KernelPool
+from qsdk.execution.task import Task, TaskResult
 
 ENV_ADDRESS = "RAY_ADDRESS"
 # Ray retries a task killed by its memory monitor this many times, on a counter separate from

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from qsdk.execute import Task, TaskResult
-    from qsdk.run import RunResult, RunState
+    from qsdk.execution.scheduling import RunResult, RunState
+    from qsdk.execution.task import Task, TaskResult
 
 
 class Hook:

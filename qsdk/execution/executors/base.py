@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from concurrent.futures import Future
 
-from qsdk.execute import Task, TaskResult
+from qsdk.execution.task import Task, TaskResult
 
 
 class Executor(ABC):

@@ -187,7 +187,7 @@ def resolve(refs: Sequence[str] | str, views: Mapping[str, FeatureView]) -> list
 def load_views(config: Any = None) -> dict[str, FeatureView]:
     """The feature views of the project (``Config.load()`` when ``config`` is None)."""
     from qsdk.config import Config
-    from qsdk.registry import Registry
+    from qsdk.model.registry import Registry
 
     return dict(Registry.load(config or Config.load()).features)
 

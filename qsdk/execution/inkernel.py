@@ -13,7 +13,8 @@ from __future__ import annotations
 
 
 def start() -> None:
-    from qsdk import codedeps, runtime
+    from qsdk import codedeps
+    from qsdk.execution import context as runtime
     from qsdk.lakehouse import guard
 
     guard.install(runtime.current())  # before the recorder: its imports are not the notebook's
@@ -24,7 +25,7 @@ def finish() -> None:
     from qsdk import codedeps
 
     codedeps.stop_recording()  # this function's own imports are not the notebook's
-    from qsdk import runtime
+    from qsdk.execution import context as runtime
 
     ctx = runtime.current()
     if ctx is not None and ctx.staging_dir:
@@ -32,8 +33,8 @@ def finish() -> None:
 
 
 def start_code() -> str:
-    return "__import__('qsdk.inkernel', fromlist=['start']).start()\n"
+    return "__import__('qsdk.execution.inkernel', fromlist=['start']).start()\n"
 
 
 def finish_code() -> str:
-    return "__import__('qsdk.inkernel', fromlist=['finish']).finish()\n"
+    return "__import__('qsdk.execution.inkernel', fromlist=['finish']).finish()\n"

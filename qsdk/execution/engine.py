@@ -18,8 +18,8 @@ from papermill.engines import NBClientEngine, papermill_engines
 from papermill.utils import merge_kwargs, remove_args
 from traitlets import Dict, Unicode
 
-from qsdk import inkernel
 from qsdk.errors import StageFailed
+from qsdk.execution import inkernel
 
 ENGINE_NAME = "qsdk"
 

@@ -44,7 +44,7 @@ from jupyter_client.session import new_id
 from qsdk.errors import QsdkError, StageFailed
 
 if TYPE_CHECKING:
-    from qsdk.execute import Task, TaskResult
+    from qsdk.execution.task import Task, TaskResult
 
 # nbclient passes these when it starts a kernel itself; a pooled kernel needs them at start:
 # an in-memory IPython history (many kernels at once must not contend for one SQLite file),
@@ -227,7 +227,7 @@ class KernelPool:
         killed ``timeout + grace`` seconds after the notebook started, and the stage fails with
         ``reason="timeout"``.
         """
-        from qsdk.execute import run_task
+        from qsdk.execution.task import run_task
 
         self.learn(task.preload)  # for the replacement that acquire starts: likely the next task's
         km = self.acquire()  # run_task's bootstrap moves it to the notebook's folder
@@ -313,7 +313,7 @@ class KernelPool:
         return km
 
     async def _chdir(self, km: _PooledKernelManager, cwd: str) -> None:
-        from qsdk.engine import bootstrap_code
+        from qsdk.execution.engine import bootstrap_code
 
         await self._execute(km, bootstrap_code(cwd=cwd), what=f"move the kernel to {cwd}")
 

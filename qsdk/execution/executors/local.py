@@ -5,11 +5,11 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-from qsdk.execute import Task, TaskResult, run_task
-from qsdk.executors.base import Executor
+from qsdk.execution.executors.base import Executor
+from qsdk.execution.task import Task, TaskResult, run_task
 
 if TYPE_CHECKING:
-    from qsdk.kernels import KernelPool
+    from qsdk.execution.kernels import KernelPool
 
 
 class LocalExecutor(Executor):
@@ -25,7 +25,7 @@ class LocalExecutor(Executor):
 
     def init(self) -> None:
         if self.prewarm and self._pool is None:
-            from qsdk.kernels import KernelPool
+            from qsdk.execution.kernels import KernelPool
 
             self._pool = KernelPool(self.prewarm)
 

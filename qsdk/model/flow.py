@@ -9,7 +9,7 @@ from difflib import get_close_matches
 from typing import Any
 
 from qsdk.errors import FlowCycleError, ParameterError, UnknownNameError
-from qsdk.stage import Stage
+from qsdk.model.stage import Stage
 
 
 @dataclass(frozen=True)

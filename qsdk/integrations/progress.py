@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from qsdk.hooks import Hook
+from qsdk.execution.hooks import Hook
 
 _MARK = {"succeeded": "ok  ", "failed": "FAIL", "cached": "hit ", "skipped": "skip"}
 _GLYPH = {"pending": ("·", "dim"), "running": ("▶", "yellow"), "succeeded": ("✓", "green"),

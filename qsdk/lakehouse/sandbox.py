@@ -62,7 +62,7 @@ def promote(
     ``predicate`` mean the same. Returns the production version written; the commit metadata
     records the sandbox it came from.
     """
-    from qsdk.registry import Registry
+    from qsdk.model.registry import Registry
 
     config = config or Config.load()
     specs = Registry.load(config).tables

@@ -15,14 +15,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from qsdk.errors import ParameterError, QsdkError
-from qsdk.hooks import Hook
+from qsdk.execution.hooks import Hook
+from qsdk.integrations.dvc.snapshots import SNAPSHOT_KEY, SNAPSHOT_MD5_KEY, SnapshotStore
 from qsdk.lakehouse.tables import Lakehouse
-from qsdk.versioning.snapshots import SNAPSHOT_KEY, SNAPSHOT_MD5_KEY, SnapshotStore
 
 if TYPE_CHECKING:
-    from qsdk.execute import Task, TaskResult
-    from qsdk.flow import Flow
-    from qsdk.run import RunResult, RunState
+    from qsdk.execution.scheduling import RunResult, RunState
+    from qsdk.execution.task import Task, TaskResult
+    from qsdk.model.flow import Flow
 
 SNAPSHOT_OPTION = "snapshot"
 TAG_PREFIX = "qsdk.snapshot."
@@ -106,9 +106,9 @@ def _outputs(run: RunState, result: RunResult) -> dict[str, int | None]:
 
 
 def _tag_mlflow(result: RunResult, tags: dict[str, str]) -> None:
-    """Tag the flow's MLflow run, when :class:`qsdk.tracking.MlflowTracking` recorded one."""
+    """Tag the flow's MLflow run, when :class:`qsdk.integrations.mlflow.MlflowTracking` recorded one."""
     try:
-        from qsdk import tracking
+        from qsdk.integrations import mlflow as tracking
     except ImportError:
         return
     run_id, uri = result.extra.get(tracking.RUN_ID_KEY), result.extra.get(tracking.URI_KEY)

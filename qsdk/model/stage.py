@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from qsdk import params as P
 from qsdk.errors import ParameterError, RegistryError
+from qsdk.model import params as P
 
 PartitionBy = Literal["year", "month"]
 
@@ -77,7 +77,7 @@ class Stage:
     timeout: float | None = None
     retries: int = 0
     resources: dict[str, float] = field(default_factory=dict, compare=False)
-    # modules a pre-warmed kernel imports before it is handed to this stage (see qsdk.kernels)
+    # modules a pre-warmed kernel imports before it is handed to this stage (see qsdk.execution.kernels)
     preload: tuple[str, ...] = field(default=(), compare=False)
     # data outside the lakehouse the stage's results depend on (registry `sources:`)
     sources: tuple[SourceSpec, ...] = field(default=(), compare=False)

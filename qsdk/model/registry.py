@@ -10,7 +10,7 @@ Each YAML file may hold any of four top-level keys::
     flows:   {name: {stages: [...], parameters: {...}, description: ...,
                      bind: {date: {to: [start, end], calendar: XNYS}}}}
     features: {name: {table: layer.name, entity: symbol, event_time: col, known_time: col,
-                      ttl: 10d, features: [...]}}   (feature views, see qsdk.featurestore)
+                      ttl: 10d, features: [...]}}   (feature views, see qsdk.model.featurestore)
 
 Errors found here (unknown table, missing notebook, a table written by two stages, a cycle)
 are found when the registry loads, before anything runs, and break only what needs them: each
@@ -28,14 +28,14 @@ from typing import Any, Literal, NoReturn, TypeVar
 
 import yaml
 
-from qsdk import params as P
 from qsdk.config import Config
 from qsdk.errors import QsdkError, RegistryError, UnknownNameError
-from qsdk.featurestore import FeatureView, parse_view
-from qsdk.flow import Binding, Flow
 from qsdk.lakehouse.contract import TableSpec
+from qsdk.model import params as P
+from qsdk.model.featurestore import FeatureView, parse_view
+from qsdk.model.flow import Binding, Flow
+from qsdk.model.stage import PartitionSpec, SourceSpec, Stage
 from qsdk.nbfile import leading_imports
-from qsdk.stage import PartitionSpec, SourceSpec, Stage
 
 _T = TypeVar("_T")
 

@@ -20,16 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from qsdk import hooks as H
 from qsdk.cache import Cache, CacheRecord, code_hash, params_hash
 from qsdk.config import Config
 from qsdk.errors import FlowFailed
-from qsdk.execute import Task, TaskResult
-from qsdk.executors import Executor, get_executor
-from qsdk.flow import Flow
+from qsdk.execution import hooks as H
+from qsdk.execution.context import StageContext
+from qsdk.execution.executors import Executor, get_executor
+from qsdk.execution.task import Task, TaskResult
 from qsdk.lakehouse.tables import Lakehouse
-from qsdk.registry import Registry
-from qsdk.runtime import StageContext
+from qsdk.model.flow import Flow
+from qsdk.model.registry import Registry
 
 RunStatus = Literal["succeeded", "failed"]
 

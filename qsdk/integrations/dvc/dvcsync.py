@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from qsdk.errors import RegistryError, VersioningError
-from qsdk.registry import Registry
-from qsdk.stage import Stage
+from qsdk.model.registry import Registry
+from qsdk.model.stage import Stage
 
 if TYPE_CHECKING:
-    from qsdk.run import RunResult
+    from qsdk.execution.scheduling import RunResult
     from qsdk.sdk import QuantSDK
 
 DVC_FILE = "dvc.yaml"

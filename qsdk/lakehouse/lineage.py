@@ -1,8 +1,8 @@
 """Lineage from the Delta side: which run and stage wrote a table version, from which inputs.
 
-Every commit a stage makes carries ``qsdk.run_id``, ``qsdk.stage``, ``qsdk.partition``,
+Every commit a stage makes carries ``qsdk.run_id``, ``qsdk.model.stage``, ``qsdk.partition``,
 ``qsdk.inputs`` (``{table: version read}``) and, when tracked, ``qsdk.mlflow_run_id`` in its
-Delta commit metadata (see ``qsdk.execute._commit``). The MLflow side (``delta.read.*`` /
+Delta commit metadata (see ``qsdk.execution.task._commit``). The MLflow side (``delta.read.*`` /
 ``delta.write.*`` tags on the stage's run) points the other way.
 """
 

@@ -44,10 +44,10 @@ from qsdk.errors import (
     UnknownNameError,
     VersioningError,
 )
+from qsdk.integrations.dvc import command as dvc
 from qsdk.lakehouse.contract import TYPES
 from qsdk.lakehouse.tables import Lakehouse
-from qsdk.registry import Registry
-from qsdk.versioning import dvc
+from qsdk.model.registry import Registry
 
 SNAPSHOT_DIR = "snapshots"
 MANIFEST = "manifest.json"
