@@ -14,7 +14,7 @@ UV      = $(VENV)/bin/uv
 UV_PIN := $(shell sed -n 's/^uv==//p' requirements.lock)
 
 ## the venv holds exactly requirements.lock (uv pip sync) plus qsdk itself, editable and without deps
-$(STAMP): requirements.lock
+$(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet 'uv==$(UV_PIN)'
 	$(UV) pip sync --quiet --python $(PY) --link-mode copy requirements.lock

@@ -35,7 +35,6 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from qsdk.errors import ParameterError, SqlAccessDenied
 from qsdk.execution import context as runtime
-from qsdk.execution.context import StageContext
 from qsdk.lakehouse import sandbox
 
 _USAGE = "%qsdk stage|unstage|read|tables|flows|promote ...  or  %%qsdk sql"
@@ -125,13 +124,13 @@ class QsdkMagics(Magics):
         from qsdk.lakehouse.tables import Lakehouse
 
         mine = Lakehouse(root)
-        context = StageContext(
+        context = runtime.new_context(
+            sdk.registry,
             run_id=f"interactive-{user}",
             stage=stage.name,
-            lakehouse_root=str(sdk.config.lakehouse_root),
-            inputs=list(stage.inputs),
-            outputs=list(stage.outputs),
-            tables={t: sdk.registry.tables[t].to_dict() for t in (*stage.inputs, *stage.outputs)},
+            lakehouse_root=sdk.config.lakehouse_root,
+            inputs=stage.inputs,
+            outputs=stage.outputs,
             staging_dir=None,
             # outputs already in the sandbox are read from there: the session sees its own writes
             read_roots={t: str(root) for t in stage.outputs if mine.exists(t)},

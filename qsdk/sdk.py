@@ -7,6 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qsdk import names as qnames
 from qsdk.config import Config
 from qsdk.errors import ParameterError
 from qsdk.execution.executors import Executor, get_executor
@@ -181,16 +182,14 @@ class QuantSDK:
                                  f"(got {version})", table=table, version=version)
         if version == current:
             return current
-        metadata = {"qsdk.operation": "restore", "qsdk.restored_to": version,
+        metadata = {qnames.OPERATION: "restore", "qsdk.restored_to": version,
                     "qsdk.restored_by": user_name(), "qsdk.restore_reason": reason or "qsdk restore"}
         return lake.restore(table, version, metadata=metadata)
 
     def loader(self) -> DataLoader:
         """An unrestricted reader over the whole lakehouse (exploration, not stages)."""
-        from qsdk.execution.context import StageContext
+        from qsdk.execution.context import new_context
 
-        specs = {n: s.to_dict() for n, s in self.registry.tables.items()}
-        names = list(specs)
-        ctx = StageContext(run_id="interactive", stage="<explore>", lakehouse_root=str(self.config.lakehouse_root),
-                           inputs=names, outputs=[], tables=specs)
+        ctx = new_context(self.registry, run_id="interactive", stage="<explore>",
+                          lakehouse_root=self.config.lakehouse_root, inputs=list(self.registry.tables), outputs=[])
         return DataLoader(context=ctx)

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qsdk.model.registry import Registry
 
 ENV_CONTEXT = "QSDK_CONTEXT"
 
@@ -32,6 +36,9 @@ class StageContext:
     read_roots: dict[str, str] = field(default_factory=dict)
     tracking: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # the project's feature views (FeatureView.to_dict() form): training_set joins from these, so
+    # the kernel never loads the registry; a view over an undeclared table still fails the read
+    features: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -46,6 +53,20 @@ class StageContext:
     @property
     def allowed_reads(self) -> list[str]:
         return [*self.inputs, *(t for t in self.outputs if t not in self.inputs)]
+
+
+def new_context(registry: Registry, *, run_id: str, stage: str, lakehouse_root: str | Path,
+                inputs: Sequence[str], outputs: Sequence[str], **options: Any) -> StageContext:
+    """The one way to build a :class:`StageContext` (runs, ``%qsdk stage``, ``QuantSDK.loader``):
+    the contracts of the tables it declares and the project's feature views, from ``registry``. ``options``: the remaining :class:`StageContext` fields."""
+    declared = list(dict.fromkeys((*inputs, *outputs)))
+    return StageContext(
+        run_id=run_id, stage=stage, lakehouse_root=str(lakehouse_root),
+        inputs=list(inputs), outputs=list(outputs),
+        tables={t: registry.tables[t].to_dict() for t in declared},
+        features={n: v.to_dict() for n, v in registry.features.items()},
+        **options,
+    )
 
 
 _current: StageContext | None = None

@@ -24,7 +24,7 @@ from qsdk.cache import Cache, CacheRecord, code_hash, params_hash
 from qsdk.config import Config
 from qsdk.errors import FlowFailed
 from qsdk.execution import hooks as H
-from qsdk.execution.context import StageContext
+from qsdk.execution.context import new_context
 from qsdk.execution.executors import Executor, get_executor
 from qsdk.execution.task import Task, TaskResult
 from qsdk.lakehouse.tables import Lakehouse
@@ -117,18 +117,17 @@ def plan(flow: Flow, params: Mapping[str, dict[str, Any]], *, registry: Registry
     """The tasks of each stage: one per partition, each with its notebook path and context."""
     tasks: dict[str, list[Task]] = {}
     for stage in flow.stages:
-        tables = {t: registry.tables[t].to_dict() for t in (*stage.inputs, *stage.outputs)}
         tasks[stage.name] = []
         for key, values in stage.partitions(params[stage.name]):
             slug = stage.name if key is None else f"{stage.name}/{key}"
-            context = StageContext(
+            context = new_context(
+                registry,
                 run_id=run_id,
                 stage=stage.name,
                 partition=key,
-                lakehouse_root=str(config.lakehouse_root),
-                inputs=list(stage.inputs),
-                outputs=list(stage.outputs),
-                tables=tables,
+                lakehouse_root=config.lakehouse_root,
+                inputs=stage.inputs,
+                outputs=stage.outputs,
                 staging_dir=str(run_dir / ".staging" / slug),
                 pinned_versions={t: v for t, v in (pinned_versions or {}).items() if t in stage.inputs},
                 read_roots={t: str(r) for t, r in (read_roots or {}).items() if t in stage.inputs},

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote
 
+from qsdk import names as qnames
 from qsdk.errors import QsdkError, StageFailed
 from qsdk.execution.context import ENV_CONTEXT, StageContext
 from qsdk.lakehouse import guard, staging
@@ -406,10 +407,10 @@ def _commit(task: Task) -> dict[str, int]:
     ctx = task.context
     lakehouse = Lakehouse(ctx.lakehouse_root, {n: TableSpec.from_dict(s) for n, s in ctx.tables.items()})
     metadata = {
-        "qsdk.run_id": ctx.run_id,
-        "qsdk.stage": ctx.stage,
-        "qsdk.partition": ctx.partition or "",
-        "qsdk.inputs": staging.recorded_reads(task.staging_dir),
+        qnames.RUN_ID: ctx.run_id,
+        qnames.STAGE: ctx.stage,
+        qnames.PARTITION: ctx.partition or "",
+        qnames.INPUTS: staging.recorded_reads(task.staging_dir),
         **{f"qsdk.{k}": v for k, v in ctx.tracking.items()},
     }
     app_prefix = f"qsdk:{ctx.run_id}:{ctx.stage}:{ctx.partition or '-'}"

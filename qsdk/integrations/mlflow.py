@@ -3,7 +3,7 @@
 
 Run layout in MLflow (experiment ``qsdk/<flow>``)::
 
-    flow run            tags qsdk.kind=flow, qsdk.run_id, qsdk.model.flow, git commit; params STAGE.NAME
+    flow run            tags qsdk.kind=flow, qsdk.run_id, qsdk.flow, git commit; params STAGE.NAME
     └── stage run       one per stage: tags qsdk.kind=stage; params = the stage's parameters
         └── partition   one per partition when the stage fans out: qsdk.kind=partition
 
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from qsdk import names as qnames
 from qsdk.errors import ConfigError, QsdkError
 from qsdk.execution.hooks import Hook
 
@@ -147,8 +148,8 @@ def git_commit(root: Path) -> tuple[str | None, bool | None]:
 def params_of(c: MlflowClient, run: Any) -> dict[str, Any]:
     """The exact (JSON) parameters qsdk recorded on ``run`` (an ``mlflow.entities.Run``)."""
     tags = run.data.tags
-    if "qsdk.params" in tags:
-        return json.loads(tags["qsdk.params"])
+    if qnames.PARAMS in tags:
+        return json.loads(tags[qnames.PARAMS])
     with tempfile.TemporaryDirectory() as tmp:
         path = c.download_artifacts(run.info.run_id, PARAMS_ARTIFACT, tmp)
         return json.loads(Path(path).read_text())
@@ -219,12 +220,12 @@ class MlflowTracking(Hook):
         exp = experiment_id(c, f"qsdk/{run.flow.name}", uri)
         commit, dirty = git_commit(run.config.project_root)
         tags = {
-            "qsdk.kind": "flow",
-            "qsdk.run_id": run.run_id,
-            "qsdk.flow": run.flow.name,
-            "qsdk.stages": json.dumps(list(run.tasks)),
+            qnames.KIND: "flow",
+            qnames.RUN_ID: run.run_id,
+            qnames.FLOW: run.flow.name,
+            qnames.STAGES: json.dumps(list(run.tasks)),
             "qsdk.project": str(run.config.project_root),
-            "qsdk.lakehouse": str(run.config.lakehouse_root),
+            qnames.LAKEHOUSE: str(run.config.lakehouse_root),
             "qsdk.run_dir": str(run.run_dir),
             **({"mlflow.source.git.commit": commit, "qsdk.git_commit": commit} if commit else {}),
             **({"qsdk.git_dirty": str(dirty).lower()} if dirty is not None else {}),
@@ -269,7 +270,7 @@ class MlflowTracking(Hook):
             for run_id in sorted(state.open_runs - {state.parent}):  # runs of tasks never finished
                 with_retry(c.set_terminated, run_id, status="KILLED")
             with_retry(c.log_metric, state.parent, "duration_s", result.duration)
-            with_retry(c.set_tag, state.parent, "qsdk.status", result.status)
+            with_retry(c.set_tag, state.parent, qnames.STATUS, result.status)
             with_retry(c.log_dict, state.parent, result.to_dict(), "qsdk/run.json")
             with_retry(c.set_terminated, state.parent,
                        status="FINISHED" if result.status == "succeeded" else "FAILED")
@@ -295,7 +296,7 @@ class MlflowTracking(Hook):
         if record:
             text = json.dumps(dict(params), default=str)
             if len(text) <= _MAX_TAG:
-                tags.append(RunTag("qsdk.params", text))
+                tags.append(RunTag(qnames.PARAMS, text))
             else:
                 with_retry(c.log_dict, run_id, dict(params), PARAMS_ARTIFACT)
         for i in range(0, len(items) or len(tags), 100):  # MLflow takes at most 100 params per batch
@@ -303,22 +304,22 @@ class MlflowTracking(Hook):
 
     def _task_run(self, state: _FlowRuns, run: RunState, task: Task) -> str:
         stage = run.flow.stage(task.stage)
-        base = {"qsdk.run_id": run.run_id, "qsdk.flow": run.flow.name, "qsdk.stage": task.stage,
-                "qsdk.lakehouse": str(run.config.lakehouse_root), "mlflow.source.name": str(stage.notebook)}
+        base = {qnames.RUN_ID: run.run_id, qnames.FLOW: run.flow.name, qnames.STAGE: task.stage,
+                qnames.LAKEHOUSE: str(run.config.lakehouse_root), "mlflow.source.name": str(stage.notebook)}
         if task.stage not in state.stages:
             run_id = self._create(state, parent=state.parent, name=task.stage,
-                                  tags={**base, "qsdk.kind": "stage"})
+                                  tags={**base, qnames.KIND: "stage"})
             self._log_params(state, run_id, run.params[task.stage])
             state.stages[task.stage] = run_id
             state.remaining[task.stage] = len(run.tasks.get(task.stage, [])) or 1
             state.stage_ok[task.stage] = True
         if task.partition is None:
             run_id = state.stages[task.stage]
-            with_retry(state.client.set_tag, run_id, "qsdk.task", task.key)
+            with_retry(state.client.set_tag, run_id, qnames.TASK, task.key)
         else:
             run_id = self._create(state, parent=state.stages[task.stage], name=task.partition,
-                                  tags={**base, "qsdk.kind": "partition", "qsdk.partition": task.partition,
-                                        "qsdk.task": task.key})
+                                  tags={**base, qnames.KIND: "partition", qnames.PARTITION: task.partition,
+                                        qnames.TASK: task.key})
             self._log_params(state, run_id, task.parameters)
         state.tasks[task.key] = run_id
         return run_id
@@ -329,7 +330,7 @@ class MlflowTracking(Hook):
         c = state.client
         run_id = state.tasks[task.key]
         ok = result.status in ("succeeded", "cached")
-        tags = [RunTag("qsdk.status", result.status)]
+        tags = [RunTag(qnames.STATUS, result.status)]
         tags += [RunTag(f"delta.read.{t}", str(v)) for t, v in sorted(result.read.items())]
         tags += [RunTag(f"delta.write.{t}", str(v)) for t, v in sorted(result.written.items())]
         if result.error is not None:
@@ -356,7 +357,7 @@ class MlflowTracking(Hook):
         if state.remaining[stage] <= 0 and stage_run != run_id:  # the last partition of a fan-out
             tags = [RunTag(f"delta.read.{t}", ",".join(map(str, sorted(vs)))) for t, vs in sorted(reads.items())]
             tags += [RunTag(f"delta.write.{t}", str(v)) for t, v in sorted(writes.items())]
-            tags.append(RunTag("qsdk.status", "succeeded" if state.stage_ok[stage] else "failed"))
+            tags.append(RunTag(qnames.STATUS, "succeeded" if state.stage_ok[stage] else "failed"))
             with_retry(c.log_batch, stage_run, tags=tags)
             with_retry(c.set_terminated, stage_run, status="FINISHED" if state.stage_ok[stage] else "FAILED")
             state.open_runs.discard(stage_run)

@@ -84,8 +84,7 @@ def private_folders(root: str | Path, staging_dir: str | Path | None) -> set[str
     """Folders under ``root`` that qsdk writes outside table commits: cache records, sandboxes,
     table-creation locks, and the runs folder when it lies inside the lakehouse."""
     from qsdk.cache import CACHE_DIR
-    from qsdk.lakehouse.sandbox import SANDBOX_DIR
-    from qsdk.lakehouse.tables import LOCK_DIR
+    from qsdk.names import LOCK_DIR, SANDBOX_DIR
 
     root = Path(root)
     staging = Path(staging_dir or root)  # <runs>/<run_id>/.staging/<stage>[/<partition>]

@@ -1,6 +1,6 @@
 """Lineage from the Delta side: which run and stage wrote a table version, from which inputs.
 
-Every commit a stage makes carries ``qsdk.run_id``, ``qsdk.model.stage``, ``qsdk.partition``,
+Every commit a stage makes carries ``qsdk.run_id``, ``qsdk.stage``, ``qsdk.partition``,
 ``qsdk.inputs`` (``{table: version read}``) and, when tracked, ``qsdk.mlflow_run_id`` in its
 Delta commit metadata (see ``qsdk.execution.task._commit``). The MLflow side (``delta.read.*`` /
 ``delta.write.*`` tags on the stage's run) points the other way.
@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from qsdk import names as qnames
 from qsdk.errors import LakehouseError
 from qsdk.lakehouse.tables import Lakehouse
 
@@ -80,15 +81,15 @@ def table_lineage(lakehouse: Lakehouse, table: str, *, version: int | None = Non
         version=version,
         operation=meta.get("operation"),
         timestamp=when,
-        run_id=meta.get("qsdk.run_id"),
-        stage=meta.get("qsdk.stage"),
-        partition=meta.get("qsdk.partition") or None,
-        inputs=_json(meta.get("qsdk.inputs")) or {},
+        run_id=meta.get(qnames.RUN_ID),
+        stage=meta.get(qnames.STAGE),
+        partition=meta.get(qnames.PARTITION) or None,
+        inputs=_json(meta.get(qnames.INPUTS)) or {},
         mlflow_run_id=meta.get("qsdk.mlflow_run_id"),
         mlflow_tracking_uri=meta.get("qsdk.mlflow_tracking_uri"),
-        rollback=_json(meta.get("qsdk.rollback")) is True,
-        compensates=_json(meta.get("qsdk.compensates")),
-        reason=meta.get("qsdk.reason"),
+        rollback=_json(meta.get(qnames.ROLLBACK)) is True,
+        compensates=_json(meta.get(qnames.COMPENSATES)),
+        reason=meta.get(qnames.REASON),
     )
 
 

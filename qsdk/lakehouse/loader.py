@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from qsdk import names as qnames
 from qsdk.errors import ContractViolation
 from qsdk.execution import context as runtime
 from qsdk.lakehouse import staging
@@ -99,6 +100,16 @@ class DataLoader:
         """Like :meth:`read_arrow`, as a pandas DataFrame."""
         return self.read_arrow(table, **kwargs).to_pandas()
 
+    def _feature_views(self) -> dict[str, Any]:
+        from qsdk.model.featurestore import FeatureView
+
+        if self.context is not None:  # a stage's own views: no registry load in the kernel
+            return {n: FeatureView.from_dict(d) for n, d in self.context.features.items()}
+        from qsdk.config import Config
+        from qsdk.model.registry import Registry
+
+        return dict(Registry.load(Config.load()).features)
+
     def training_set(self, entity_df: Any, features: Sequence[str] | str, *, timestamp: str = "timestamp",
                      views: Any = None) -> Any:
         """``entity_df`` plus the requested features, joined point in time.
@@ -110,14 +121,15 @@ class DataLoader:
         there is none. Reads only the views' tables, through the stage's contract (each must be
         a declared input), and only the rows and columns the join can use. The returned
         ``timestamp`` column is in UTC (tz-naive input is taken as UTC).
-        ``views``: a ``{name: FeatureView}`` mapping instead of the project's registry.
+        ``views``: a ``{name: FeatureView}`` mapping instead of the stage context's views (the
+        registry's, outside a stage).
         """
         import pandas as pd
 
         from qsdk.model import featurestore
         from qsdk.quant.pit import point_in_time_join
 
-        views = featurestore.load_views() if views is None else views
+        views = self._feature_views() if views is None else views
         plan = featurestore.resolve(features, views)
         needed = sorted({timestamp, *(view.entity for view, _ in plan)})
         missing = [c for c in needed if c not in entity_df.columns]
@@ -207,5 +219,5 @@ def write_table(
         return WriteReceipt(table, mode, conformed.num_rows, staged=False, version=version,
                             sandbox=ctx.read_roots[table])
     version = lakehouse.write(table, conformed, mode=mode, predicate=predicate,
-                              metadata={"qsdk.stage": ctx.stage, "qsdk.run_id": ctx.run_id})
+                              metadata={qnames.STAGE: ctx.stage, qnames.RUN_ID: ctx.run_id})
     return WriteReceipt(table, mode, conformed.num_rows, staged=False, version=version)

@@ -16,12 +16,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from qsdk import names as qnames
 from qsdk.config import Config
 from qsdk.errors import ConfigError, LakehouseError
 from qsdk.lakehouse.tables import Lakehouse, WriteMode
 
 ENV_USER = "QSDK_USER"
-SANDBOX_DIR = "_sandbox"
+SANDBOX_DIR = qnames.SANDBOX_DIR
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -78,8 +79,8 @@ def promote(
     source_version = sandbox.version(table) if version is None else version
     data = sandbox.read(table, version=source_version)
     meta: dict[str, Any] = {
-        "qsdk.run_id": f"promote-{user_name(user)}",
-        "qsdk.stage": "<promote>",
+        qnames.RUN_ID: f"promote-{user_name(user)}",
+        qnames.STAGE: "<promote>",
         "qsdk.promoted_from": str(sandbox.path(table)),
         "qsdk.sandbox_version": source_version,
         "qsdk.user": user_name(user),
@@ -97,7 +98,7 @@ def write_interactive(context: Any, table: str, data: Any, *, mode: WriteMode,
     specs = {n: TableSpec.from_dict(s) for n, s in context.tables.items()}
     version = Lakehouse(root, specs).write(
         table, data, mode=mode, predicate=predicate,
-        metadata={"qsdk.stage": context.stage, "qsdk.run_id": context.run_id, "qsdk.sandbox": "true"},
+        metadata={qnames.STAGE: context.stage, qnames.RUN_ID: context.run_id, "qsdk.sandbox": "true"},
     )
     context.read_roots[table] = str(root)
     context.pinned_versions.pop(table, None)  # the next read sees what was just written

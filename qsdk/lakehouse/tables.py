@@ -19,6 +19,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from qsdk import names as qnames
 from qsdk.errors import ContractViolation, LakehouseError, TableNameError
 from qsdk.lakehouse.contract import TableSpec, conform, validate_table_name
 from qsdk.lakehouse.guard import trusted
@@ -27,7 +28,7 @@ WriteMode = Literal["append", "overwrite", "merge"]
 WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "merge")
 Filters = Sequence[tuple[str, str, Any]] | None
 _CONFLICT_RETRIES = 8
-LOCK_DIR = "_qsdk_locks"  # under the root: one lock file per table, taken only to create it
+LOCK_DIR = qnames.LOCK_DIR  # under the root: one lock file per table, taken only to create it
 _KEEP = "qsdk_undo_keep"  # undo_keys: marks keys whose earlier row is put back (else deleted)
 
 
@@ -223,8 +224,8 @@ class Lakehouse:
                 if done is not None and done >= app_version:
                     return self._version_of_app(name, app_id)  # already committed by an earlier attempt
         write_id = uuid.uuid4().hex
-        meta = {**(metadata or {}), "qsdk.write_id": write_id, "qsdk.mode": mode,
-                **({"qsdk.app_id": app_id} if app_id else {})}
+        meta = {**(metadata or {}), qnames.WRITE_ID: write_id, "qsdk.mode": mode,
+                **({qnames.APP_ID: app_id} if app_id else {})}
         committed: int | None = None
         for attempt in range(_CONFLICT_RETRIES):
             try:
@@ -344,13 +345,13 @@ class Lakehouse:
         """The version an earlier attempt committed under ``app_id`` (its commit metadata)."""
         latest = self.latest_version(name)
         for version in range(latest, max(latest - 500, -1), -1):
-            if (self.commit_info(name, version) or {}).get("qsdk.app_id") == app_id:
+            if (self.commit_info(name, version) or {}).get(qnames.APP_ID) == app_id:
                 return version
         return latest
 
     def _version_of_write(self, name: str, write_id: str) -> int:
         for entry in self.history(name, limit=50):
-            if entry.get("qsdk.write_id") == write_id or (
+            if entry.get(qnames.WRITE_ID) == write_id or (
                 entry.get("userMetadata") and write_id in str(entry.get("userMetadata"))
             ):
                 return int(entry["version"])

@@ -55,6 +55,13 @@ class FeatureView:
         """The table columns a join reads: entity, the two times, and the features."""
         return [self.entity, self.event_time, self.known_time, *(features or self.features)]
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureView:
+        """The inverse of :meth:`to_dict` (a view as a stage context carries it)."""
+        return cls(name=data["name"], table=data["table"], features=tuple(data["features"]),
+                   entity=data["entity"], event_time=data["event_time"], known_time=data["known_time"],
+                   ttl=parse_ttl(data["ttl"]), description=data.get("description", ""))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -182,14 +189,6 @@ def resolve(refs: Sequence[str] | str, views: Mapping[str, FeatureView]) -> list
             if name not in selected:
                 selected.append(name)
     return [(views[name], cols) for name, cols in chosen.items()]
-
-
-def load_views(config: Any = None) -> dict[str, FeatureView]:
-    """The feature views of the project (``Config.load()`` when ``config`` is None)."""
-    from qsdk.config import Config
-    from qsdk.model.registry import Registry
-
-    return dict(Registry.load(config or Config.load()).features)
 
 
 def describe(views: Mapping[str, FeatureView]) -> list[dict[str, Any]]:

@@ -236,4 +236,4 @@ def test_stage_magics_change_nothing_inside_a_flow_run(session: Session, env) ->
                              "print(json.dumps([window, c.run_id, c.staging_dir, c.extra.get('interactive')]))")
         assert state == [7, "run-1", str(env["root"] / "staging"), None]
     finally:
-        session.ok("del os.environ['QSDK_CONTEXT']\nqsdk.runtime.activate(None)")
+        session.ok("del os.environ['QSDK_CONTEXT']\nqsdk.execution.context.activate(None)")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from qsdk.errors import ContractViolation, RegistryError, UnknownNameError
-from qsdk.execution.context import StageContext
+from qsdk.execution.context import new_context
 from qsdk.lakehouse.loader import DataLoader
 from qsdk.model.featurestore import FeatureView, format_ttl, parse_ttl, resolve
 
@@ -96,9 +96,8 @@ def _write_features(sdk) -> None:
 
 
 def _loader(sdk, inputs=("gold.feats",)) -> DataLoader:
-    tables = {n: s.to_dict() for n, s in sdk.registry.tables.items()}
-    ctx = StageContext(run_id="t", stage="alpha", lakehouse_root=str(sdk.config.lakehouse_root),
-                       inputs=list(inputs), outputs=[], tables=tables)
+    ctx = new_context(sdk.registry, run_id="t", stage="alpha", lakehouse_root=sdk.config.lakehouse_root,
+                      inputs=inputs, outputs=[])
     return DataLoader(context=ctx)
 
 
@@ -141,6 +140,24 @@ def test_training_set_reads_through_the_stage_contract(project, monkeypatch):
     views = {"p": FeatureView("p", "gold.feats", ("mom",))}
     out = _loader(sdk).training_set(naive, ["p"], timestamp="when", views=views)
     assert out["mom"].tolist() == [1.0] and str(out["when"].dt.tz) == "UTC"
+
+
+def test_training_set_joins_the_views_the_stage_context_carries_without_loading_the_registry(
+        project, monkeypatch):
+    from qsdk.model.registry import Registry
+
+    _project(project, VIEW)
+    sdk = project.sdk()
+    _write_features(sdk)
+    loader = _loader(sdk)
+    assert FeatureView.from_dict(loader.context.features["prices"]) == sdk.registry.features["prices"]
+
+    def no_registry(*args, **kwargs):
+        raise AssertionError("the kernel loaded the registry")
+
+    monkeypatch.setattr(Registry, "load", no_registry)
+    queries = pd.DataFrame({"symbol": ["AAPL"], "timestamp": [CLOSE]})
+    assert loader.training_set(queries, ["prices"])["mom"].tolist() == [1.0]
 
 
 def test_cli_lists_feature_views(project, capsys):

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from qsdk import names as qnames
 from qsdk.config import Config
 from qsdk.errors import (
     SnapshotConflict,
@@ -449,7 +450,7 @@ class SnapshotStore:
             return "restored"
         if current == info.tables[table]["version"]:
             commit = info.tables[table].get("commit") or {}
-            if (meta.get("timestamp"), meta.get("qsdk.write_id")) == (commit.get("timestamp"), commit.get("write_id")):
+            if (meta.get("timestamp"), meta.get(qnames.WRITE_ID)) == (commit.get("timestamp"), commit.get("write_id")):
                 return "unchanged"
         return "changed"
 
@@ -493,7 +494,7 @@ class SnapshotStore:
             previous = lake.version(table)
             version = lake.write(table, data, mode="overwrite", metadata={
                 SNAPSHOT_KEY: name, SNAPSHOT_MD5_KEY: info.md5, "qsdk.snapshot.version": frozen,
-                "qsdk.operation": "snapshot-restore",
+                qnames.OPERATION: "snapshot-restore",
             })
             report.tables[table] = {"status": "restored", "snapshot_version": frozen,
                                     "previous_version": previous, "version": version, "rows": data.num_rows}
@@ -554,7 +555,7 @@ def _export(lake: Lakehouse, pinned: Mapping[str, int], folder: Path, *, name: s
             "version": int(version),
             "rows": data.num_rows,
             "columns": {f.name: _type_name(f.type) for f in data.schema},
-            "commit": {"timestamp": commit.get("timestamp"), "write_id": commit.get("qsdk.write_id")},
+            "commit": {"timestamp": commit.get("timestamp"), "write_id": commit.get(qnames.WRITE_ID)},
             "files": files,
             "sha256": _combined(files),
         }
