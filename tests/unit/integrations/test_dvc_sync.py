@@ -14,7 +14,7 @@ from qsdk.errors import ParameterError, VersioningError
 from qsdk.integrations.dvc import dvcsync, run_options
 from qsdk.model.registry import Registry
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_committed_dvc_yaml_is_in_step_with_pipelines():
