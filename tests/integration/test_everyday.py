@@ -14,7 +14,7 @@ import yaml
 
 from qsdk import cli
 from tests.conftest import REPO
-from tests.unit.test_registry import broken_project
+from tests.unit.model.test_registry import broken_project
 
 WRITE = ('import pandas as pd\nimport qsdk\n'
          'qsdk.write_table("{table}", pd.DataFrame({{"k": [int({k})], "v": [float({v})]}}), mode="overwrite")')
