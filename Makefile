@@ -7,16 +7,28 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 FLOWS  := $(shell sed -n 's/^  \([a-z_][a-z0-9_]*\):$$/\1/p' pipelines/*.yaml 2>/dev/null)
 
-.PHONY: install test test-fast test-reliability lint bench lab clean flow-% mlflow-ui snapshot dvc-sync \
+.PHONY: install lock test test-fast test-reliability lint bench lab clean flow-% mlflow-ui snapshot dvc-sync \
         qsdk check dvc-dag dvc-repro
 
-$(STAMP): pyproject.toml
+UV      = $(VENV)/bin/uv
+UV_PIN := $(shell sed -n 's/^uv==//p' requirements.lock)
+
+## the venv holds exactly requirements.lock (uv pip sync) plus qsdk itself, editable and without deps
+$(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet 'uv==$(UV_PIN)'
+	$(UV) pip sync --quiet --python $(PY) --link-mode copy requirements.lock
+	$(UV) pip install --quiet --python $(PY) --link-mode copy --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## make lock: re-resolve pyproject.toml's dependencies (with the dev extra) into requirements.lock;
+## commit both. The lock is for Linux x86_64 and Python 3.11 (the CI machine).
+lock: $(STAMP)
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' \
+		--quiet --upgrade -o requirements.lock
 
 ## make flow-NAME ARGS="-p key=value ...": run any flow of the registry
 flow-%: $(STAMP)
@@ -25,14 +37,21 @@ flow-%: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+## make test-fast: the unit tests only (no kernel, no Ray, no MLflow server), for the inner loop
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
 ## make test-reliability: tests/reliability, then its long variants (more and wider races, a bigger
 ## full disk; needs root for the tmpfs, as `make test` does)
 test-reliability: $(STAMP)
 	$(PY) -m pytest -q tests/reliability $(PYTEST_ARGS)
 	$(PY) -m pytest -q -m reliability_long tests/reliability $(PYTEST_ARGS)
 
+## make lint: ruff, the layering contracts ([tool.importlinter] in pyproject.toml), mypy on qsdk/
 lint: $(STAMP)
 	$(VENV)/bin/ruff check qsdk tests bench notebooks
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy qsdk
 
 bench: $(STAMP)
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
@@ -77,7 +96,7 @@ dvc-sync: $(STAMP)
 	$(QSDK) dvc sync
 
 clean:
-	rm -rf runs lakehouse .pytest_cache
+	rm -rf runs lakehouse lakehouse-repro mlflow.db mlartifacts .pytest_cache .mypy_cache .import_linter_cache
 
 ## re-execute the notebooks under notebooks/ and save their outputs (after an intended change)
 regen-notebooks: $(STAMP)

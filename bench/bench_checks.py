@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--executor", default="ray", choices=["ray", "local"])
     args = parser.parse_args()
 
-    from qsdk.executors import get_executor
+    from qsdk.execution.executors import get_executor
     from qsdk.sdk import QuantSDK
 
     print(machine())

@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
-    from qsdk.executors.ray import RayExecutor
+    from qsdk.execution.executors.ray import RayExecutor
     from qsdk.sdk import QuantSDK
 
     cores = os.cpu_count() or 1

@@ -97,7 +97,7 @@ def run_script(p: dict) -> dict:
 def run_flow(p: dict, work: Path, executor: str) -> dict:
     from deltalake import DeltaTable
 
-    from qsdk.executors import get_executor
+    from qsdk.execution.executors import get_executor
     from qsdk.sdk import QuantSDK
 
     sdk = QuantSDK(REPO, lakehouse_root=work / "lake", runs_dir=work / "runs")

@@ -1,7 +1,7 @@
 """Per-stage overhead with a pre-warmed kernel versus plain ``papermill.execute_notebook``.
 
 Both run ``tests/notebooks/noop.ipynb`` in this process. papermill starts a kernel for the
-notebook and shuts it down after; ``run_task`` on a kernel from a :class:`qsdk.kernels.KernelPool`
+notebook and shuts it down after; ``run_task`` on a kernel from a :class:`qsdk.execution.kernels.KernelPool`
 finds one already started (the pool starts the next while a stage runs; here we wait for it
 before each timed run, the steady state of a backfill whose stages take longer than a kernel
 start). The pre-warmed path still does all of qsdk's work: stage context, the papermill call
@@ -29,9 +29,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
 
-    from qsdk.execute import Task
-    from qsdk.kernels import KernelPool
-    from qsdk.runtime import StageContext
+    from qsdk.execution.context import StageContext
+    from qsdk.execution.kernels import KernelPool
+    from qsdk.execution.task import Task
 
     logging.getLogger("papermill").setLevel(logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix="qsdk-bench-"))

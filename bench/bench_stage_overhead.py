@@ -19,7 +19,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import NOOP, machine, median, timed  # noqa: E402
 
-from qsdk.executors.local import LocalExecutor  # noqa: E402
+from qsdk.execution.executors.local import LocalExecutor  # noqa: E402
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ def main() -> None:
 
     import papermill as pm
 
-    from qsdk.executors.local import LocalExecutor
+    from qsdk.execution.executors.local import LocalExecutor
     from qsdk.sdk import QuantSDK
 
     logging.getLogger("papermill").setLevel(logging.ERROR)

@@ -21,10 +21,10 @@ from qsdk.errors import (
 )
 
 if TYPE_CHECKING:
+    from qsdk.integrations.mlflow import log_figure, log_metric
     from qsdk.lakehouse.loader import DataLoader, between, write_table
-    from qsdk.sandbox import promote
+    from qsdk.lakehouse.sandbox import promote
     from qsdk.sdk import QuantSDK
-    from qsdk.tracking import log_figure, log_metric
 
 __version__ = "0.1.0"
 
@@ -33,9 +33,9 @@ _LAZY = {
     "DataLoader": ("qsdk.lakehouse.loader", "DataLoader"),
     "write_table": ("qsdk.lakehouse.loader", "write_table"),
     "between": ("qsdk.lakehouse.loader", "between"),
-    "promote": ("qsdk.sandbox", "promote"),
-    "log_metric": ("qsdk.tracking", "log_metric"),
-    "log_figure": ("qsdk.tracking", "log_figure"),
+    "promote": ("qsdk.lakehouse.sandbox", "promote"),
+    "log_metric": ("qsdk.integrations.mlflow", "log_metric"),
+    "log_figure": ("qsdk.integrations.mlflow", "log_figure"),
 }
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from qsdk import codedeps
+from qsdk import names as qnames
 from qsdk.errors import QsdkError
 from qsdk.nbfile import read_cells, tags
 
@@ -169,7 +170,7 @@ class Cache:
 
     def check(self, *, stage: str, partition: str | None, notebook: str, params: dict[str, Any],
               code: str | None = None, sources: Any = ()) -> Verdict:
-        """``sources``: the stage's declared non-table sources (:class:`qsdk.stage.SourceSpec`)."""
+        """``sources``: the stage's declared non-table sources (:class:`qsdk.model.stage.SourceSpec`)."""
         record = self.load(stage, partition)
         if record is None:
             return Verdict("never", ["never run"])
@@ -255,10 +256,10 @@ class Cache:
         if key not in self._commits:
             self._commits[key] = self.lakehouse.commit_info(table, version)
         info = self._commits[key]
-        if info is None or "qsdk.stage" not in info or info.get("operation") == "RESTORE":
+        if info is None or qnames.STAGE not in info or info.get("operation") == "RESTORE":
             return True  # log entry gone, a foreign commit, or a restore
-        ours = info.get("qsdk.stage") == record.stage and (info.get("qsdk.partition") or None) == record.partition
-        if info.get("qsdk.rollback") == "true":
+        ours = info.get(qnames.STAGE) == record.stage and (info.get(qnames.PARTITION) or None) == record.partition
+        if info.get(qnames.ROLLBACK) == "true":
             # another task's compensation touches only its own keys, which an append never shares
             return ours or modes != {"append"}
         return ours

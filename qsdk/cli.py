@@ -17,7 +17,7 @@ from qsdk.errors import FlowFailed, ParameterError, QsdkError
 
 
 def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
-    from qsdk.params import parse_pairs
+    from qsdk.model.params import parse_pairs
 
     return parse_pairs(list(pairs))
 
@@ -237,7 +237,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from qsdk.progress import ConsoleProgress
+    from qsdk.integrations.progress import ConsoleProgress
 
     sdk = _sdk(args)
     hooks = [] if args.json else [ConsoleProgress()]
@@ -428,7 +428,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _features(args: argparse.Namespace) -> int:
-    from qsdk.featurestore import describe
+    from qsdk.model.featurestore import describe
 
     rows = describe(_sdk(args).registry.features)
     if args.json:
@@ -455,7 +455,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _lineage(args: argparse.Namespace) -> int:
-    from qsdk.lineage import table_lineage
+    from qsdk.lakehouse.lineage import table_lineage
 
     lineage = table_lineage(_sdk(args).lakehouse, args.table, version=args.version)
     print(json.dumps(lineage.to_dict()) if args.json else lineage.describe())
@@ -478,7 +478,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _dvc(args: argparse.Namespace) -> int:
-    from qsdk import versioning
+    from qsdk.integrations import dvc as versioning
 
     sdk = _sdk(args)
     if args.dvc_command == "sync" and sdk.registry.problems:  # would silently leave the broken stages out
@@ -493,7 +493,7 @@ def _dvc(args: argparse.Namespace) -> int:
             return 1
         print(report.describe() if args.check else f"wrote {', '.join(report.changed) or 'nothing (in step)'}")
         return 0
-    from qsdk.progress import ConsoleProgress
+    from qsdk.integrations.progress import ConsoleProgress
 
     result = versioning.run_stage(sdk, args.flow, args.stage, params=_parse_params(args.param),
                                   track=args.track, hooks=(ConsoleProgress(),))
@@ -505,7 +505,7 @@ def _dvc(args: argparse.Namespace) -> int:
 
 def _snapshot(args: argparse.Namespace) -> int:
     from qsdk.errors import SnapshotCorrupted
-    from qsdk.versioning import SnapshotStore
+    from qsdk.integrations.dvc import SnapshotStore
 
     sdk = _sdk(args)
     store = SnapshotStore(sdk.config, sdk.registry)

@@ -3,7 +3,7 @@
 Two halves:
 
 * **In the kernel** (:func:`start_recording`, :func:`dump_recorded`, called by
-  :mod:`qsdk.inkernel`): every ``import`` statement and ``importlib.import_module`` call made
+  :mod:`qsdk.execution.inkernel`): every ``import`` statement and ``importlib.import_module`` call made
   while the notebook runs is noted as an edge *importer -> imported*, whatever module runs it
   (the notebook itself is ``__main__``). At the end the edges and the imported modules' files
   are written to the task's staging folder (``imports.json``).
@@ -164,10 +164,8 @@ class _Scope:
     """Resolves module names to project files, from the kernel's record or by path search."""
 
     def __init__(self, project_root: Path, notebook_dir: Path | None, files: Mapping[str, str | None]) -> None:
-        import qsdk
-
         self.root = project_root.resolve()
-        self.qsdk_dir = Path(qsdk.__file__).resolve().parent
+        self.qsdk_dir = Path(__file__).resolve().parent  # this module sits at the top of qsdk/
         self.search = [p for p in (notebook_dir, self.qsdk_dir.parent, self.root) if p is not None]
         self.files = dict(files)
         self._excluded = tuple({Path(p).resolve() for p in (sys.prefix, sys.base_prefix)})
@@ -301,7 +299,7 @@ def file_hash(path: str | Path) -> str:
     return digest
 
 
-_TOP_LEVEL: dict[str, list[str]] | None = None
+_TOP_LEVEL: Mapping[str, list[str]] | None = None
 
 
 def distributions(top_level_names: Iterable[str]) -> dict[str, str]:
@@ -383,7 +381,7 @@ def changes(recorded: Closure, *, project_root: str | Path,
 
 
 def source_fingerprints(sources: Iterable[Any], *, project_root: str | Path) -> dict[str, str]:
-    """``{label: identity}`` of a stage's declared non-table sources (:class:`qsdk.stage.SourceSpec`):
+    """``{label: identity}`` of a stage's declared non-table sources (:class:`qsdk.model.stage.SourceSpec`):
     a package's installed version, or a hash over the files a glob matches (path and content)."""
     out: dict[str, str] = {}
     root = Path(project_root)

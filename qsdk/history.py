@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-RUN_ID = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{6}$")  # as qsdk.run.new_run_id makes them
+RUN_ID = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{6}$")  # as qsdk.execution.scheduling.new_run_id makes them
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@
 A stage notebook may start with ``%load_ext qsdk`` and ``%qsdk stage NAME`` for exploration:
 in a flow run those lines change nothing (the run's context and injected parameters stand).
 ``%qsdk stage`` validates the parameters with the same code as a run (``Stage.resolve``) and
-activates a :class:`~qsdk.runtime.StageContext` marked interactive: reads are limited to the
+activates a :class:`~qsdk.execution.context.StageContext` marked interactive: reads are limited to the
 stage's declared tables (as in a run), and ``write_table`` commits at once, but to the user's
-sandbox (:mod:`qsdk.sandbox`), never to production; ``qsdk.promote`` publishes a sandbox table.
+sandbox (:mod:`qsdk.lakehouse.sandbox`), never to production; ``qsdk.promote`` publishes a sandbox table.
 In SQL, a table ``layer.name`` is visible as ``layer_name``, ``layer.name`` and
 ``"layer.name"``; ``$name`` is bound to the namespace variable ``name`` (e.g. a stage
 parameter). Tables are read through :class:`~qsdk.DataLoader`, so the active stage's contract
@@ -30,11 +30,12 @@ import shlex
 from typing import Any
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from qsdk import runtime, sandbox
 from qsdk.errors import ParameterError, SqlAccessDenied
-from qsdk.runtime import StageContext
+from qsdk.execution import context as runtime
+from qsdk.lakehouse import sandbox
 
 _USAGE = "%qsdk stage|unstage|read|tables|flows|promote ...  or  %%qsdk sql"
 
@@ -71,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _params(pairs: list[str]) -> dict[str, str]:
-    from qsdk.params import parse_pairs
+    from qsdk.model.params import parse_pairs
 
     try:
         return parse_pairs(pairs)
@@ -87,6 +88,12 @@ def _sdk():
 
 @magics_class
 class QsdkMagics(Magics):
+    @property
+    def _shell(self) -> InteractiveShell:
+        if self.shell is None:  # IPython sets it on registration; magics only run registered
+            raise UsageError("qsdk magics are not registered with an IPython shell: run %load_ext qsdk")
+        return self.shell
+
     @line_cell_magic
     def qsdk(self, line: str, cell: str | None = None) -> Any:
         args = _parser().parse_args(shlex.split(line))
@@ -97,7 +104,7 @@ class QsdkMagics(Magics):
                 raise UsageError("sql is a cell magic: put the query in a cell that starts with %%qsdk sql")
             frame = self.sql(cell)
             if args.out:
-                self.shell.push({args.out: frame})
+                self._shell.push({args.out: frame})
             return frame
         return getattr(self, f"_{args.command}")(args)
 
@@ -117,20 +124,20 @@ class QsdkMagics(Magics):
         from qsdk.lakehouse.tables import Lakehouse
 
         mine = Lakehouse(root)
-        context = StageContext(
+        context = runtime.new_context(
+            sdk.registry,
             run_id=f"interactive-{user}",
             stage=stage.name,
-            lakehouse_root=str(sdk.config.lakehouse_root),
-            inputs=list(stage.inputs),
-            outputs=list(stage.outputs),
-            tables={t: sdk.registry.tables[t].to_dict() for t in (*stage.inputs, *stage.outputs)},
+            lakehouse_root=sdk.config.lakehouse_root,
+            inputs=stage.inputs,
+            outputs=stage.outputs,
             staging_dir=None,
             # outputs already in the sandbox are read from there: the session sees its own writes
             read_roots={t: str(root) for t in stage.outputs if mine.exists(t)},
             extra={"interactive": True, "sandbox": str(root), "user": user},
         )
         runtime.activate(context)
-        self.shell.push(values)
+        self._shell.push(values)
         shown = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "(none)"
         print(f"qsdk: exploring stage {stage.name!r}: reads {', '.join(context.allowed_reads) or 'nothing'}; "
               f"writes {', '.join(stage.outputs) or 'nothing'} to the sandbox {root}\n"
@@ -211,10 +218,10 @@ class QsdkMagics(Magics):
             con.execute("SET enable_external_access = false")  # no files, extensions, Python scans
             con.execute("SET lock_configuration = true")  # ... and no SET to turn it back on
             names = set(re.findall(r"(?<![\w$])\$([A-Za-z_]\w*)", query))
-            missing = sorted(n for n in names if n not in self.shell.user_ns)
+            missing = sorted(n for n in names if n not in self._shell.user_ns)
             if missing:
                 raise UsageError(f"SQL uses ${', $'.join(missing)} but no such variable is defined")
-            bound = {n: self.shell.user_ns[n] for n in names}
+            bound = {n: self._shell.user_ns[n] for n in names}
             try:
                 return (con.execute(query, bound) if bound else con.execute(query)).df()
             except (duckdb.PermissionException, duckdb.InvalidInputException) as exc:

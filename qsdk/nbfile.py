@@ -40,7 +40,7 @@ def tags(cell: dict[str, Any]) -> list[str]:
 def leading_imports(cells: list[dict[str, Any]]) -> tuple[str, ...]:
     """Modules the notebook imports before it runs any code of its own, in order.
 
-    Pre-warmed kernels import these ahead of time (:class:`qsdk.kernels.KernelPool`), so only
+    Pre-warmed kernels import these ahead of time (:class:`qsdk.execution.kernels.KernelPool`), so only
     imports that would run first anyway qualify: the scan walks the code cells in order, skips
     the ``parameters`` cell (literal assignments) and docstrings, and stops at the first other
     statement. An import after ``os.environ[...] = ...`` or ``matplotlib.use(...)`` is

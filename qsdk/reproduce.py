@@ -8,7 +8,7 @@ run id), :func:`reproduce`:
 2. runs the same stages again with the project's *current* notebooks, in a fresh lakehouse
    ``<original lakehouse>/../lakehouse-repro/<new run id>``. Inputs that come from outside the
    reproduced stages are read from the original lakehouse at their recorded versions
-   (``read_roots`` + ``pinned_versions`` of :func:`~qsdk.run.run_flow`); tables the stages
+   (``read_roots`` + ``pinned_versions`` of :func:`~qsdk.execution.scheduling.run_flow`); tables the stages
    write start from the original's state just before the run first wrote them (a snapshot
    copied in), so overwrites, merges and appends act on the same rows as the first time;
 3. compares every output table with the original at the last version the run wrote:
@@ -29,15 +29,17 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from qsdk import names as qnames
 from qsdk.config import Config
 from qsdk.errors import QsdkError, UnknownNameError
-from qsdk.executors import Executor
-from qsdk.hooks import Hook
+from qsdk.execution.executors import Executor
+from qsdk.execution.hooks import Hook
+from qsdk.execution.scheduling import RunResult, new_run_id, run_flow
 from qsdk.lakehouse.tables import Lakehouse
-from qsdk.registry import Registry
-from qsdk.run import RunResult, new_run_id, run_flow
+from qsdk.model.registry import Registry
 
 Kind = Literal["flow", "stage", "partition"]
+_KINDS: dict[str, Kind] = {"flow": "flow", "stage": "stage", "partition": "partition"}
 REPRO_DIR = "lakehouse-repro"
 
 
@@ -131,7 +133,7 @@ def reproduce(
     ``config.tracking_uri``; the current project's registry and notebooks are what runs (so an
     edited notebook shows up as a difference).
     """
-    from qsdk.tracking import MlflowTracking
+    from qsdk.integrations.mlflow import MlflowTracking
 
     mlflow_run_id = mlflow_run_of(ref, tracking_uri=config.tracking_uri)
     rec = recorded(mlflow_run_id, tracking_uri=config.tracking_uri)
@@ -231,7 +233,7 @@ def mlflow_run_of(ref: str, *, tracking_uri: str) -> str:
         return ref
     run_id, _, rest = ref.partition(":")
     stage, _, partition = rest.partition(":")
-    from qsdk import tracking
+    from qsdk.integrations import mlflow as tracking
 
     c = tracking.client(tracking_uri)
     runs = _search_all(c, f"tags.`qsdk.run_id` = '{run_id}'") if _TOKEN.match(run_id) else []
@@ -242,16 +244,16 @@ def mlflow_run_of(ref: str, *, tracking_uri: str) -> str:
             "every task was cached, recorded nothing to reproduce")
     if not stage:
         return _one(runs, ref, "flow", "its flow run")
-    stage_runs = [r for r in runs if r.data.tags.get("qsdk.stage") == stage]
+    stage_runs = [r for r in runs if r.data.tags.get(qnames.STAGE) == stage]
     if not stage_runs:
-        known = sorted({r.data.tags["qsdk.stage"] for r in runs if "qsdk.stage" in r.data.tags})
+        known = sorted({r.data.tags[qnames.STAGE] for r in runs if qnames.STAGE in r.data.tags})
         raise UnknownNameError(f"run {run_id} has no tracked stage {stage!r}; its stages: "
                                f"{', '.join(known) or '(none ran)'}", known=known)
     if not partition:
         return _one(stage_runs, ref, "stage", "the stage run")
-    parts = [r for r in stage_runs if r.data.tags.get("qsdk.kind") == "partition"]
-    known = sorted(r.data.tags.get("qsdk.partition", "") for r in parts)
-    match = [r for r in parts if r.data.tags.get("qsdk.partition") == partition]
+    parts = [r for r in stage_runs if r.data.tags.get(qnames.KIND) == "partition"]
+    known = sorted(r.data.tags.get(qnames.PARTITION, "") for r in parts)
+    match = [r for r in parts if r.data.tags.get(qnames.PARTITION) == partition]
     if not match:
         raise UnknownNameError(f"stage {stage!r} of run {run_id} has no tracked partition {partition!r}; "
                                f"its partitions: {', '.join(known) or '(not partitioned)'}", known=known)
@@ -259,7 +261,7 @@ def mlflow_run_of(ref: str, *, tracking_uri: str) -> str:
 
 
 def _one(runs: list[Any], ref: str, kind: str, what: str) -> str:
-    found = [r for r in runs if r.data.tags.get("qsdk.kind") == kind]
+    found = [r for r in runs if r.data.tags.get(qnames.KIND) == kind]
     if not found:
         raise UnknownNameError(f"{ref!r}: {what} is not in the tracking store")
     return found[0].info.run_id
@@ -286,7 +288,7 @@ def recorded(mlflow_run_id: str, *, tracking_uri: str) -> Recorded:
     """What MLflow run ``mlflow_run_id`` (a qsdk flow, stage or partition run) recorded."""
     from mlflow.exceptions import MlflowException
 
-    from qsdk import tracking
+    from qsdk.integrations import mlflow as tracking
 
     c = tracking.client(tracking_uri)
     try:
@@ -297,27 +299,27 @@ def recorded(mlflow_run_id: str, *, tracking_uri: str) -> Recorded:
             "or partition run (browse them with `make mlflow-ui`, or see `qsdk run --json`)",
         ) from None
     tags = run.data.tags
-    kind = tags.get("qsdk.kind")
-    if kind not in ("flow", "stage", "partition"):
+    kind = _KINDS.get(tags.get(qnames.KIND, ""))
+    if kind is None:
         raise QsdkError(f"MLflow run {mlflow_run_id} was not recorded by a qsdk flow run (no qsdk.kind tag)")
     if run.info.status != "FINISHED":
         raise QsdkError(f"MLflow run {mlflow_run_id} ended {run.info.status}: only a run that succeeded "
                         "can be reproduced and compared")
-    run_id, flow = tags["qsdk.run_id"], tags["qsdk.flow"]
+    run_id, flow = tags[qnames.RUN_ID], tags[qnames.FLOW]
     if kind == "partition":
         task_runs = [run]
     else:
         task_runs = [r for r in _runs_of(c, run.info.experiment_id, run_id)
-                     if "qsdk.task" in r.data.tags and (kind == "flow" or r.data.tags.get("qsdk.stage") == tags["qsdk.stage"])]
+                     if qnames.TASK in r.data.tags and (kind == "flow" or r.data.tags.get(qnames.STAGE) == tags[qnames.STAGE])]
     if kind == "flow":
-        stage_runs = {r.data.tags["qsdk.stage"]: r for r in _runs_of(c, run.info.experiment_id, run_id)
-                      if r.data.tags.get("qsdk.kind") == "stage"}
-        stages = [s for s in json.loads(tags["qsdk.stages"]) if s in stage_runs]
+        stage_runs = {r.data.tags[qnames.STAGE]: r for r in _runs_of(c, run.info.experiment_id, run_id)
+                      if r.data.tags.get(qnames.KIND) == "stage"}
+        stages = [s for s in json.loads(tags[qnames.STAGES]) if s in stage_runs]
         params = {s: tracking.params_of(c, stage_runs[s]) for s in stages}
     else:
-        stages = [tags["qsdk.stage"]]
+        stages = [tags[qnames.STAGE]]
         params = {stages[0]: tracking.params_of(c, run)}
-    rec = Recorded(mlflow_run_id, kind, run_id, flow, stages, params, Path(tags["qsdk.lakehouse"]))
+    rec = Recorded(mlflow_run_id, kind, run_id, flow, stages, params, Path(tags[qnames.LAKEHOUSE]))
     for r in task_runs:
         for key, value in r.data.tags.items():
             if key.startswith("delta.read."):

@@ -7,15 +7,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qsdk import names as qnames
 from qsdk.config import Config
 from qsdk.errors import ParameterError
-from qsdk.executors import Executor, get_executor
+from qsdk.execution.executors import Executor, get_executor
+from qsdk.execution.hooks import Hook
+from qsdk.execution.scheduling import RunResult, run_flow
 from qsdk.history import RunSummary
-from qsdk.hooks import Hook
 from qsdk.lakehouse.loader import DataLoader
 from qsdk.lakehouse.tables import Lakehouse, TableInfo
-from qsdk.registry import Problem, Registry
-from qsdk.run import RunResult, run_flow
+from qsdk.model.registry import Problem, Registry
 
 if TYPE_CHECKING:
     from qsdk.graph import FlowGraph
@@ -71,20 +72,20 @@ class QuantSDK:
         ``executor``: ``"local"`` (sequential, in this process) or ``"ray"`` (partitions in
         parallel on an embedded Ray, or on the cluster at ``ray_address`` / ``$RAY_ADDRESS``).
         ``params["snapshot"] = NAME`` is a run option: after a successful run, the flow's
-        output tables are frozen into golden snapshot NAME (:mod:`qsdk.versioning`).
+        output tables are frozen into golden snapshot NAME (:mod:`qsdk.integrations.dvc`).
         """
         if ray_address is not None:
             if executor != "ray":
                 raise ParameterError(f"ray_address= goes with executor='ray', not {executor!r}")
             executor = get_executor("ray", address=ray_address)
         flow = self.registry.flow(name).select(only=only, from_=from_)
-        from qsdk.versioning import SnapshotStore, VersioningHook, run_options
+        from qsdk.integrations.dvc import SnapshotStore, VersioningHook, run_options
 
         params, snapshot = run_options(flow, params)  # -p snapshot=NAME: a run option, not a stage's
         if snapshot:
             SnapshotStore(self.config, self.registry).check_new(snapshot)  # refuse before running
         if track:
-            from qsdk.tracking import MlflowTracking
+            from qsdk.integrations.mlflow import MlflowTracking
 
             hooks = [*hooks, MlflowTracking(tracking_uri=self.config.tracking_uri)]
         if track or snapshot:  # after MlflowTracking: it tags the flow's MLflow run
@@ -105,7 +106,7 @@ class QuantSDK:
         """Every problem of the registry and its stage notebooks (empty: all of it loads).
 
         Loading already validates each notebook's parameters cell, registry defaults and
-        partitioning; a broken entry is kept as a :class:`~qsdk.registry.Problem` instead of
+        partitioning; a broken entry is kept as a :class:`~qsdk.model.registry.Problem` instead of
         failing the load, and this lists them all at once. Then every stage notebook is checked
         statically (:mod:`qsdk.migrate.check`): direct file I/O, imports from other scripts,
         ``sys.path`` changes, a jupytext pair out of step; each is a problem of kind ``notebook``.
@@ -195,8 +196,8 @@ class QuantSDK:
         """Evaluate ``table``'s declared checks against the table as it is now (e.g. after
         changing a check); the results are recorded in ``qsdk.checks`` with source ``manual``.
         A row-count change has no replaced slice here and passes."""
+        from qsdk.execution.scheduling import new_run_id
         from qsdk.lakehouse import checks
-        from qsdk.run import new_run_id
 
         spec = self.registry.table(table)
         lake = self.lakehouse
@@ -218,7 +219,7 @@ class QuantSDK:
         (``qsdk.restore_reason``). The undo of a commit a notebook made around qsdk (the stage
         failure names this call); it rewinds the whole table, later commits included.
         """
-        from qsdk.sandbox import user_name
+        from qsdk.lakehouse.sandbox import user_name
 
         lake = self.lakehouse
         current = lake.version(table)
@@ -230,16 +231,14 @@ class QuantSDK:
                                  f"(got {version})", table=table, version=version)
         if version == current:
             return current
-        metadata = {"qsdk.operation": "restore", "qsdk.restored_to": version,
+        metadata = {qnames.OPERATION: "restore", "qsdk.restored_to": version,
                     "qsdk.restored_by": user_name(), "qsdk.restore_reason": reason or "qsdk restore"}
         return lake.restore(table, version, metadata=metadata)
 
     def loader(self) -> DataLoader:
         """An unrestricted reader over the whole lakehouse (exploration, not stages)."""
-        from qsdk.runtime import StageContext
+        from qsdk.execution.context import new_context
 
-        specs = {n: s.to_dict() for n, s in self.registry.tables.items()}
-        names = list(specs)
-        ctx = StageContext(run_id="interactive", stage="<explore>", lakehouse_root=str(self.config.lakehouse_root),
-                           inputs=names, outputs=[], tables=specs)
+        ctx = new_context(self.registry, run_id="interactive", stage="<explore>",
+                          lakehouse_root=self.config.lakehouse_root, inputs=list(self.registry.tables), outputs=[])
         return DataLoader(context=ctx)

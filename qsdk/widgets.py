@@ -3,7 +3,7 @@
 The widget holds no pipeline logic: the form comes from the registry's typed parameters
 (``ParamSpec``), values are validated with ``Flow.resolve`` (the code a run uses), and Run
 calls ``QuantSDK.run_pipeline`` (what ``qsdk run`` calls) in a background thread, with a
-:class:`~qsdk.hooks.Hook` that moves the progress bars and re-colours the flow's graph
+:class:`~qsdk.execution.hooks.Hook` that moves the progress bars and re-colours the flow's graph
 (``QuantSDK.graph``, the picture ``qsdk show --format svg`` draws). Parameters left at their
 displayed default are not passed, exactly like ``-p`` options not given on the command line.
 A parameter whose help text starts with ``CHOICE only:`` (``n_symbols: int = 20  # synthetic
@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 
 from qsdk.errors import QsdkError
-from qsdk.hooks import Hook
+from qsdk.execution.hooks import Hook
 
 if TYPE_CHECKING:
-    from qsdk.flow import Flow
+    from qsdk.execution.scheduling import RunResult
     from qsdk.graph import FlowGraph
-    from qsdk.run import RunResult
+    from qsdk.model.flow import Flow
     from qsdk.sdk import QuantSDK
 
 _WIDE = {"description_width": "130px"}
@@ -46,7 +46,7 @@ class Launcher(W.VBox):
     """Pick a flow, fill its parameters, Run; watch each stage and partition; open the results.
 
     ``sdk``: the project (default: ``QuantSDK()`` for the folder the kernel runs in).
-    After a run, ``result`` is the :class:`~qsdk.run.RunResult` (or ``None`` if the run
+    After a run, ``result`` is the :class:`~qsdk.execution.scheduling.RunResult` (or ``None`` if the run
     could not start; ``error`` then says why); :meth:`wait` blocks until a run has finished.
     """
 
@@ -56,7 +56,7 @@ class Launcher(W.VBox):
             from qsdk.sdk import QuantSDK
 
             sdk = QuantSDK()
-        from qsdk.executors import known_executors
+        from qsdk.execution.executors import known_executors
 
         self.sdk = sdk
         flows = sorted(sdk.registry.flows)
@@ -97,7 +97,7 @@ class Launcher(W.VBox):
         run_tab = W.VBox([self.form, self.validation, W.HBox([self.executor_picker, self.track_box]),
                           self.run_button, self.status, self.progress_box, self.links])
         self.tabs = W.Tab(children=[run_tab, self.history], titles=("Run", "History"))
-        self.tabs.observe(lambda change: change["new"] == 1 and self.show_history(), names="selected_index")
+        self.tabs.observe(lambda change: self.show_history() if change["new"] == 1 else None, names="selected_index")
         super().__init__([
             W.HTML("<b>qsdk launcher</b>"),
             W.HBox([self.flow_picker, self.flow_help]),
@@ -451,7 +451,7 @@ def _mlflow_link(mlflow_id: str, uri: str, *, ui: str | None = None) -> str | No
         return None
     href = f"{base}/#/runs/{mlflow_id}"
     try:
-        from qsdk import tracking
+        from qsdk.integrations import mlflow as tracking
 
         experiment = tracking.client(uri).get_run(mlflow_id).info.experiment_id
         href = f"{base}/#/experiments/{experiment}/runs/{mlflow_id}"

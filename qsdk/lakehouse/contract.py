@@ -209,13 +209,13 @@ def _lossless(actual: pa.DataType, target: pa.DataType) -> bool:
     if any(f(actual) for f in strings) and any(f(target) for f in strings):
         return True
     if pa.types.is_timestamp(actual) and pa.types.is_timestamp(target):
-        return actual.tz == target.tz or (actual.tz in {"UTC", "+00:00", "Etc/UTC"} and target.tz == "UTC")
+        return bool(actual.tz == target.tz or (actual.tz in {"UTC", "+00:00", "Etc/UTC"} and target.tz == "UTC"))
     if pa.types.is_date(actual) and pa.types.is_date(target):
         return True
     if pa.types.is_integer(actual) and pa.types.is_integer(target):
-        return pa.types.is_signed_integer(actual) and actual.bit_width <= target.bit_width
+        return bool(pa.types.is_signed_integer(actual) and actual.bit_width <= target.bit_width)
     if pa.types.is_floating(actual) and pa.types.is_floating(target):
-        return actual.bit_width <= target.bit_width
+        return bool(actual.bit_width <= target.bit_width)
     return False
 
 

@@ -3,7 +3,7 @@
 A stage must read tables through ``qsdk.DataLoader``: that is where its contract is enforced
 and where the read is recorded for lineage and the cache key. A notebook that opens a table's
 files itself (``open()``, ``pd.read_parquet``, ``pyarrow.dataset``, ``deltalake.DeltaTable``)
-reads around both. :func:`install` (called in the stage's kernel by :mod:`qsdk.inkernel`
+reads around both. :func:`install` (called in the stage's kernel by :mod:`qsdk.execution.inkernel`
 before the first cell) watches for that in two ways:
 
 * a Python audit hook on the ``open`` event sees every Python-level open: ``open()``,
@@ -84,8 +84,7 @@ def private_folders(root: str | Path, staging_dir: str | Path | None) -> set[str
     """Folders under ``root`` that qsdk writes outside table commits: cache records, sandboxes,
     table-creation locks, and the runs folder when it lies inside the lakehouse."""
     from qsdk.cache import CACHE_DIR
-    from qsdk.lakehouse.tables import LOCK_DIR
-    from qsdk.sandbox import SANDBOX_DIR
+    from qsdk.names import LOCK_DIR, SANDBOX_DIR
 
     root = Path(root)
     staging = Path(staging_dir or root)  # <runs>/<run_id>/.staging/<stage>[/<partition>]
@@ -94,7 +93,7 @@ def private_folders(root: str | Path, staging_dir: str | Path | None) -> set[str
 
 
 def install(context: Any) -> None:
-    """Watch the lakehouse of stage ``context`` (a :class:`~qsdk.runtime.StageContext`) in this
+    """Watch the lakehouse of stage ``context`` (a :class:`~qsdk.execution.context.StageContext`) in this
     process, from now on. Idempotent; ``None`` stops watching (the hook itself stays)."""
     global _watch
     _install_hooks()
@@ -229,7 +228,7 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
 
 def _guard_init(cls: type, how: str, *, param: str, skip_callers: tuple[str, ...] = ()) -> None:
     """Check the path argument (first, or ``param=``) of ``cls(...)`` before it opens anything."""
-    original = cls.__init__
+    original = cls.__init__  # type: ignore[misc]  # wrapping the class's own __init__ is the point
     if getattr(original, "__qsdk_guarded__", False):
         return
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from qsdk import runtime
+from qsdk import names as qnames
 from qsdk.errors import ContractViolation
+from qsdk.execution import context as runtime
 from qsdk.lakehouse import staging
 from qsdk.lakehouse.contract import TableSpec, conform, validate_table_name
 from qsdk.lakehouse.tables import Filters, Lakehouse, WriteMode
@@ -41,7 +42,7 @@ def _lakehouse(context: runtime.StageContext | None) -> Lakehouse:
         specs = {n: TableSpec.from_dict(s) for n, s in context.tables.items()}
         return Lakehouse(context.lakehouse_root, specs)
     from qsdk.config import Config
-    from qsdk.registry import Registry
+    from qsdk.model.registry import Registry
 
     config = Config.load()
     return Lakehouse(config.lakehouse_root, Registry.load(config).tables)
@@ -79,7 +80,7 @@ class DataLoader:
             if version is None:
                 version = ctx.pinned_versions.get(table)
             if version is None:
-                version = lakehouse.version(table)
+                version = lakehouse.latest_version(table)
                 ctx.pinned_versions[table] = version  # every later read sees the same snapshot
             data = lakehouse.read(table, columns=columns, filters=filters, version=version)
             if ctx.staging_dir and version is not None:
@@ -95,12 +96,22 @@ class DataLoader:
         root = self.context.read_roots.get(table) if self.context else None
         return self.lakehouse if root is None else Lakehouse(root, self.lakehouse.specs)
 
-    def read(self, table: str, **kwargs: Any):
+    def read(self, table: str, **kwargs: Any) -> Any:
         """Like :meth:`read_arrow`, as a pandas DataFrame."""
         return self.read_arrow(table, **kwargs).to_pandas()
 
+    def _feature_views(self) -> dict[str, Any]:
+        from qsdk.model.featurestore import FeatureView
+
+        if self.context is not None:  # a stage's own views: no registry load in the kernel
+            return {n: FeatureView.from_dict(d) for n, d in self.context.features.items()}
+        from qsdk.config import Config
+        from qsdk.model.registry import Registry
+
+        return dict(Registry.load(Config.load()).features)
+
     def training_set(self, entity_df: Any, features: Sequence[str] | str, *, timestamp: str = "timestamp",
-                     views: Any = None):
+                     views: Any = None) -> Any:
         """``entity_df`` plus the requested features, joined point in time.
 
         ``features``: feature view names (every feature of the view) or ``"view:feature"``
@@ -110,14 +121,15 @@ class DataLoader:
         there is none. Reads only the views' tables, through the stage's contract (each must be
         a declared input), and only the rows and columns the join can use. The returned
         ``timestamp`` column is in UTC (tz-naive input is taken as UTC).
-        ``views``: a ``{name: FeatureView}`` mapping instead of the project's registry.
+        ``views``: a ``{name: FeatureView}`` mapping instead of the stage context's views (the
+        registry's, outside a stage).
         """
         import pandas as pd
 
-        from qsdk import featurestore
+        from qsdk.model import featurestore
         from qsdk.quant.pit import point_in_time_join
 
-        views = featurestore.load_views() if views is None else views
+        views = self._feature_views() if views is None else views
         plan = featurestore.resolve(features, views)
         needed = sorted({timestamp, *(view.entity for view, _ in plan)})
         missing = [c for c in needed if c not in entity_df.columns]
@@ -201,11 +213,11 @@ def write_table(
         staging.stage_write(ctx.staging_dir, table, conformed, mode=mode, predicate=predicate)
         return WriteReceipt(table, mode, conformed.num_rows, staged=True)
     if ctx.extra.get("interactive"):  # exploration writes to the user's sandbox, never to production
-        from qsdk.sandbox import write_interactive
+        from qsdk.lakehouse.sandbox import write_interactive
 
         version = write_interactive(ctx, table, conformed, mode=mode, predicate=predicate)
         return WriteReceipt(table, mode, conformed.num_rows, staged=False, version=version,
                             sandbox=ctx.read_roots[table])
     version = lakehouse.write(table, conformed, mode=mode, predicate=predicate,
-                              metadata={"qsdk.stage": ctx.stage, "qsdk.run_id": ctx.run_id})
+                              metadata={qnames.STAGE: ctx.stage, qnames.RUN_ID: ctx.run_id})
     return WriteReceipt(table, mode, conformed.num_rows, staged=False, version=version)

@@ -11,7 +11,7 @@ import fcntl
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +19,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from qsdk import names as qnames
 from qsdk.errors import ContractViolation, LakehouseError, TableNameError
 from qsdk.lakehouse.contract import TableSpec, conform, validate_table_name
 from qsdk.lakehouse.guard import trusted
@@ -27,7 +28,7 @@ WriteMode = Literal["append", "overwrite", "merge"]
 WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "merge")
 Filters = Sequence[tuple[str, str, Any]] | None
 _CONFLICT_RETRIES = 8
-LOCK_DIR = "_qsdk_locks"  # under the root: one lock file per table, taken only to create it
+LOCK_DIR = qnames.LOCK_DIR  # under the root: one lock file per table, taken only to create it
 _KEEP = "qsdk_undo_keep"  # undo_keys: marks keys whose earlier row is put back (else deleted)
 
 
@@ -79,7 +80,7 @@ class Lakehouse:
         except (FileNotFoundError, NotADirectoryError):
             return False
 
-    def _table(self, name: str, version: int | None = None):
+    def _table(self, name: str, version: int | None = None) -> Any:
         from deltalake import DeltaTable
 
         if not self.exists(name):
@@ -121,7 +122,7 @@ class Lakehouse:
         return TableInfo(name, dt.version(), rows, str(folder))
 
     def history(self, name: str, *, limit: int | None = None) -> list[dict[str, Any]]:
-        return self._table(name).history(limit)
+        return list(self._table(name).history(limit))
 
     def commit_metadata(self, name: str, version: int) -> dict[str, Any]:
         for entry in self.history(name):
@@ -194,7 +195,8 @@ class Lakehouse:
             with open(path) as fh:
                 for line in fh:
                     if '"commitInfo"' in line:
-                        return json.loads(line)["commitInfo"]
+                        info: dict[str, Any] = json.loads(line)["commitInfo"]
+                        return info
         except (OSError, ValueError):
             return None
         return {}
@@ -233,8 +235,8 @@ class Lakehouse:
                 if done is not None and done >= app_version:
                     return self._version_of_app(name, app_id)  # already committed by an earlier attempt
         write_id = uuid.uuid4().hex
-        meta = {**(metadata or {}), "qsdk.write_id": write_id, "qsdk.mode": mode,
-                **({"qsdk.app_id": app_id} if app_id else {})}
+        meta = {**(metadata or {}), qnames.WRITE_ID: write_id, "qsdk.mode": mode,
+                **({qnames.APP_ID: app_id} if app_id else {})}
         committed: int | None = None
         for attempt in range(_CONFLICT_RETRIES):
             try:
@@ -256,7 +258,8 @@ class Lakehouse:
                 raise LakehouseError(f"failed writing {name!r} ({mode}): {exc}", table=name) from exc
         return committed if committed is not None else self._version_of_write(name, write_id)
 
-    def _commit(self, name, spec, table, *, mode, predicate, meta, app_id, app_version) -> int | None:
+    def _commit(self, name: str, spec: TableSpec, table: pa.Table, *, mode: str, predicate: str | None,
+                meta: Mapping[str, Any], app_id: str | None, app_version: int | None) -> int | None:
         """Commit ``table``; return the version committed (``None`` when this created the table).
 
         Writes go through a loaded ``DeltaTable``, whose version after the commit is the one
@@ -265,7 +268,7 @@ class Lakehouse:
         """
         from deltalake import CommitProperties, Transaction, write_deltalake
 
-        txns = [Transaction(app_id=app_id, version=app_version)] if app_id else None
+        txns = [Transaction(app_id=app_id, version=app_version)] if app_id and app_version is not None else None
         props = CommitProperties(custom_metadata=_stringify(meta), app_transactions=txns)
         path = str(self.path(name))
         if not self.exists(name):
@@ -296,7 +299,7 @@ class Lakehouse:
                 .when_not_matched_insert_all()
                 .execute()
             )
-        return dt.version()
+        return int(dt.version())
 
     @contextlib.contextmanager
     def _creation_lock(self, name: str) -> Iterator[None]:
@@ -351,19 +354,26 @@ class Lakehouse:
 
     def _version_of_app(self, name: str, app_id: str) -> int:
         """The version an earlier attempt committed under ``app_id`` (its commit metadata)."""
-        latest = int(self.version(name))  # type: ignore[arg-type]
+        latest = self.latest_version(name)
         for version in range(latest, max(latest - 500, -1), -1):
-            if (self.commit_info(name, version) or {}).get("qsdk.app_id") == app_id:
+            if (self.commit_info(name, version) or {}).get(qnames.APP_ID) == app_id:
                 return version
         return latest
 
     def _version_of_write(self, name: str, write_id: str) -> int:
         for entry in self.history(name, limit=50):
-            if entry.get("qsdk.write_id") == write_id or (
+            if entry.get(qnames.WRITE_ID) == write_id or (
                 entry.get("userMetadata") and write_id in str(entry.get("userMetadata"))
             ):
                 return int(entry["version"])
-        return int(self.version(name))
+        return self.latest_version(name)
+
+    def latest_version(self, name: str) -> int:
+        """The table's latest version; a clear error when the table does not exist."""
+        version = self.version(name)
+        if version is None:
+            raise LakehouseError(f"table {name!r} has no version: it does not exist", table=name)
+        return version
 
     def undo_keys(self, name: str, keys: pa.Table, *, before: int | None,
                   metadata: Mapping[str, Any] | None = None) -> int:
@@ -392,7 +402,7 @@ class Lakehouse:
             if updates:
                 merger = merger.when_matched_update(updates, predicate=f"s.{_q(_KEEP)} = true")
             merger.when_matched_delete(predicate=f"s.{_q(_KEEP)} IS NULL").execute()
-            return dt.version()
+            return int(dt.version())
 
         return self._with_conflict_retries(name, commit, what="undo")
 
@@ -404,7 +414,7 @@ class Lakehouse:
         rows = self.read(name, version=version, filters=[(first, "in", keys.column(first).to_pylist())])
         return conform(rows.join(keys, keys=list(spec.primary_key), join_type="inner"), spec)
 
-    def _with_conflict_retries(self, name: str, commit: Any, *, what: str) -> int:
+    def _with_conflict_retries(self, name: str, commit: Callable[[], int], *, what: str) -> int:
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 return commit()
@@ -423,7 +433,7 @@ class Lakehouse:
             dt.restore(version, commit_properties=CommitProperties(custom_metadata=_stringify(metadata or {})))
         except Exception as exc:
             raise LakehouseError(f"failed restoring {name!r} to version {version}: {exc}", table=name) from exc
-        return self.version(name)
+        return self.latest_version(name)
 
 
 def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
@@ -432,7 +442,7 @@ def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
     strings = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
     if any(f(a) for f in strings) and any(f(b) for f in strings):
         return True
-    return pa.types.is_timestamp(a) and pa.types.is_timestamp(b) and a.tz == b.tz
+    return bool(pa.types.is_timestamp(a) and pa.types.is_timestamp(b) and a.tz == b.tz)
 
 
 def _q(column: str) -> str:
@@ -456,7 +466,7 @@ _OPS = {
 }
 
 
-def _expression(filters: Filters, schema: pa.Schema):
+def _expression(filters: Filters, schema: pa.Schema) -> Any:
     """AND of ``(column, op, value)`` filters as a pushed-down Arrow expression.
 
     Values are cast to the column's stored type, so ``('date', '>=', '2020-01-01')`` works on a

@@ -24,12 +24,12 @@ from typing import Any
 
 from qsdk.errors import StaticCheckError
 from qsdk.migrate import fileio
-from qsdk.registry import Problem
+from qsdk.model.registry import Problem
 
 
 @dataclass(frozen=True)
 class NotebookProblem(Problem):
-    """A :class:`~qsdk.registry.Problem` of kind ``notebook``; ``to_dict`` adds file, cell, line, rule."""
+    """A :class:`~qsdk.model.registry.Problem` of kind ``notebook``; ``to_dict`` adds file, cell, line, rule."""
 
     def to_dict(self) -> dict[str, Any]:
         fields = self.error.fields
@@ -37,7 +37,7 @@ class NotebookProblem(Problem):
 
 
 def check_stage_notebooks(stages: Sequence[Any], *, project_root: Path) -> list[Problem]:
-    """Every finding in the notebooks of ``stages`` (:class:`qsdk.stage.Stage`), in stage order."""
+    """Every finding in the notebooks of ``stages`` (:class:`qsdk.model.stage.Stage`), in stage order."""
     out: list[Problem] = []
     for stage in stages:
         files = [s.name for s in stage.sources if s.kind == "files"]
@@ -93,9 +93,10 @@ def _parameter_defaults(doc: dict[str, Any]) -> dict[str, Any]:
             for node in tree.body if tree else []:
                 target = node.target if isinstance(node, ast.AnnAssign) else \
                     node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
-                if isinstance(target, ast.Name) and getattr(node, "value", None) is not None:
+                value = getattr(node, "value", None)
+                if isinstance(target, ast.Name) and value is not None:
                     try:
-                        out[target.id] = ast.literal_eval(node.value)
+                        out[target.id] = ast.literal_eval(value)
                     except (ValueError, TypeError, SyntaxError):
                         pass
             return out

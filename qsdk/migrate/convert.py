@@ -161,7 +161,7 @@ def plumbing(tree: ast.Module, names: dict[str, str], *, click_func: ast.Functio
     if click_func is not None:
         plan.inline[click_func.name] = click_func
         plan.drop.add(id(click_func))
-    guards = [s for s in tree.body if is_main_guard(s)]
+    guards = [s for s in tree.body if isinstance(s, ast.If) and is_main_guard(s)]
     for guard in guards:
         _scan_block(guard.body, plan, names, functions, parser_funcs)
     _scan_block([s for s in tree.body if not is_main_guard(s) and not isinstance(s, ast.FunctionDef)],
@@ -199,7 +199,7 @@ def _scan_block(body: list[ast.stmt], plan: Plumbing, names: dict[str, str],
                         and _parses(stmt.value, parser_funcs):
                     plan.args_names.add(stmt.targets[0].id)
             continue
-        if not _inlinable(func):
+        if call is None or not _inlinable(func):
             plan.notes.append(f"{func.name}() returns early or yields: kept as a function and called")
             continue
         plan.inline[func.name] = func
@@ -250,7 +250,7 @@ class Emitter:
         return "".join(out)
 
     def statement(self, stmt: ast.stmt, indent: int) -> str:
-        if is_main_guard(stmt):
+        if isinstance(stmt, ast.If) and is_main_guard(stmt):
             return self.block(stmt.body, start=stmt.body[0].lineno, end=stmt.end_lineno)  # type: ignore[arg-type]
         call = _called_function(stmt)
         if call is not None and isinstance(call.func, ast.Name) and call.func.id in self.plan.inline:

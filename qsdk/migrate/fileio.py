@@ -163,7 +163,7 @@ def script_imports(tree: ast.AST, *, local_modules: set[str] = frozenset()) -> l
         for module in modules:
             top = module.split(".")[0]
             if top == "scripts" or top in local_modules or module.startswith("."):
-                out.append(Finding("script_import", node.lineno,
+                out.append(Finding("script_import", getattr(node, "lineno", 0),
                                    f"imports {module!r} from another script: move the shared code into a "
                                    "package module (e.g. qsdk/quant/ or your project's package) and import it "
                                    "from there"))
@@ -188,7 +188,7 @@ def sys_path_changes(tree: ast.AST, names: dict[str, str] | None = None) -> list
                 if dotted(base, names) == "sys.path":
                     target = "sys.path"
         if target:
-            out.append(Finding("sys_path", node.lineno,
+            out.append(Finding("sys_path", getattr(node, "lineno", 0),
                                f"changes the import path ({target}): import from an installed package "
                                "module instead of adding folders to sys.path"))
     return out

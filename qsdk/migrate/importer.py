@@ -184,7 +184,7 @@ def import_script(
 def _registry(root: Path) -> Any:
     """The project's registry; an empty one while ``pipelines/`` has no file yet (the first stage)."""
     from qsdk.config import Config
-    from qsdk.registry import Registry
+    from qsdk.model.registry import Registry
 
     folder = root / "pipelines"
     if not [*folder.glob("*.yaml"), *folder.glob("*.yml")]:
@@ -500,8 +500,8 @@ def _sync_dvc(root: Path) -> str:
     if not (root / "dvc.yaml").is_file():
         return "no dvc.yaml in the project: nothing to sync"
     from qsdk.config import Config
-    from qsdk.registry import Registry
-    from qsdk.versioning.dvcsync import sync
+    from qsdk.integrations.dvc.dvcsync import sync
+    from qsdk.model.registry import Registry
 
     registry = Registry.load(Config.load(root))
     if registry.problems:

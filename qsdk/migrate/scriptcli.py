@@ -1,6 +1,6 @@
 """A script's command-line interface as typed qsdk parameters (argparse, click, constants).
 
-Each option becomes one line of a ``parameters`` cell in qsdk's syntax (``qsdk.params``):
+Each option becomes one line of a ``parameters`` cell in qsdk's syntax (``qsdk.model.params``):
 ``name: type = default  # help``. Types: ``int``/``float``/``str``/``bool``, ``"date"`` for a
 string default in ISO form, ``Literal[...]`` for choices, ``list[...]`` for ``nargs``/``multiple``,
 ``X | None`` for a ``None`` default; an option without a default that must be given is written
@@ -149,16 +149,21 @@ def argparse_params(tree: ast.Module, names: dict[str, str]) -> list[ScriptParam
     return sorted(out, key=lambda p: p.lineno)
 
 
+def _constant(node: ast.expr | None, default: Any) -> Any:
+    """The value of a literal keyword argument, else ``default``."""
+    return node.value if isinstance(node, ast.Constant) else default
+
+
 def _argparse_param(call: ast.Call, names: dict[str, str]) -> ScriptParam | None:
     strings = [a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
     if not strings:
         return None
     kw = _kwargs(call)
     optional = strings[0].startswith("-")
-    dest = kw["dest"].value if isinstance(kw.get("dest"), ast.Constant) else _dest(strings)
-    action = kw["action"].value if isinstance(kw.get("action"), ast.Constant) else "store"
-    help_text = kw["help"].value if isinstance(kw.get("help"), ast.Constant) else ""
-    nargs = kw["nargs"].value if isinstance(kw.get("nargs"), ast.Constant) else None
+    dest = _constant(kw.get("dest"), _dest(strings))
+    action = _constant(kw.get("action"), "store")
+    help_text = _constant(kw.get("help"), "")
+    nargs = _constant(kw.get("nargs"), None)
     choices = _literal(kw.get("choices"))
     required = bool(_literal(kw.get("required"))) if "required" in kw else not optional
     p = ScriptParam(dest, "", source=f"argparse {' '.join(strings)}",
@@ -200,7 +205,9 @@ def click_command(tree: ast.Module, names: dict[str, str]) -> ast.FunctionDef | 
 def click_params(func: ast.FunctionDef, names: dict[str, str]) -> list[ScriptParam]:
     out = []
     for deco in reversed(func.decorator_list):  # click applies them bottom-up; show them top-down
-        name = dotted(deco.func, names) if isinstance(deco, ast.Call) else None
+        if not isinstance(deco, ast.Call):
+            continue
+        name = dotted(deco.func, names)
         if name in ("click.option", "click.argument"):
             out.append(_click_param(deco, argument=name == "click.argument", names=names))
     return list(reversed(out))
@@ -228,7 +235,7 @@ def _click_param(call: ast.Call, *, argument: bool, names: dict[str, str]) -> Sc
         kind, default = "bool", False if default is MISSING else default
     elif default is MISSING and not required:
         default = None
-    help_text = kw["help"].value if isinstance(kw.get("help"), ast.Constant) else ""
+    help_text = _constant(kw.get("help"), "")
     p = ScriptParam(dest, "", help=help_text, choices=choices, many=many,
                     source=f"click {' '.join(strings)}")
     if note:

@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import exchange_calendars as xcals
 import numpy as np
@@ -30,7 +31,7 @@ import pandas as pd
 CALENDAR_START = "1990-01-01"
 ENV_CACHE = "QSDK_CALENDAR_CACHE"
 
-DateLike = str | dt.date | dt.datetime | pd.Timestamp
+DateLike: TypeAlias = str | dt.date | dt.datetime | pd.Timestamp
 
 
 @functools.lru_cache(maxsize=16)

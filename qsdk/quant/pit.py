@@ -170,7 +170,7 @@ def point_in_time_join(
     if ttl is not None:
         event_naive = event.dt.tz_localize(None) if event.dt.tz is not None else event
         fresh = (
-            event_naive.to_numpy()[found] >= matched["_ts"].to_numpy()[hit] - ttl.to_timedelta64()
+            event_naive.to_numpy()[found] >= matched["_ts"].to_numpy()[hit] - pd.Timedelta(ttl).to_timedelta64()
         )
         pos, found = pos[fresh], found[fresh]
     row[pos] = found

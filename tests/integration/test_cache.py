@@ -7,7 +7,7 @@ import json
 import nbformat
 import pytest
 
-from qsdk.executors.local import LocalExecutor
+from qsdk.execution.executors.local import LocalExecutor
 
 COLS = {"date": "date", "v": "float64"}
 SRC = '''import pandas as pd, qsdk, os

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from qsdk.executors.local import LocalExecutor
+from qsdk.execution.executors.local import LocalExecutor
 
 COLS = {"date": "date", "v": "float64"}
 WRITE = '''qsdk.write_table("{table}", pd.DataFrame({{"date": pd.date_range(start, end, freq="D"), "v": {value}}}),

@@ -14,7 +14,7 @@ import yaml
 
 from qsdk import cli
 from tests.conftest import REPO
-from tests.unit.test_registry import broken_project
+from tests.unit.model.test_registry import broken_project
 
 WRITE = ('import pandas as pd\nimport qsdk\n'
          'qsdk.write_table("{table}", pd.DataFrame({{"k": [int({k})], "v": [float({v})]}}), mode="overwrite")')
@@ -95,7 +95,7 @@ def test_show_draws_every_stage_and_table_of_the_backfill(tmp_path, monkeypatch,
     import re
 
     from qsdk.config import Config
-    from qsdk.registry import Registry
+    from qsdk.model.registry import Registry
 
     monkeypatch.setenv("QSDK_LAKEHOUSE", str(tmp_path / "lake"))  # nothing ran there: all never run
     flow = Registry.load(Config.load(REPO)).flow("backfill")
@@ -141,7 +141,7 @@ def test_a_fresh_clone_is_a_dvc_project(tmp_path):
     assert "Running stage 'ingest_prices'" in first and "cached" in first  # no lock yet: DVC asks qsdk
     assert "didn't change" in sh("dvc", "repro", "ingest_prices")
     # QSDK_DVC_REMOTE points the committed qsdk-local remote elsewhere, in .dvc/config.local only
-    from qsdk.versioning import dvc
+    from qsdk.integrations.dvc import command as dvc
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("QSDK_DVC_REMOTE", str(tmp_path / "remote"))

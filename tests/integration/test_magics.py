@@ -266,20 +266,20 @@ def _plain_spec():
 
 def test_stage_magics_change_nothing_inside_a_flow_run(session: Session, env) -> None:
     """A notebook that calls ``%qsdk stage`` behaves in a run like any stage notebook."""
-    from qsdk.runtime import StageContext
+    from qsdk.execution.context import StageContext
 
     context = StageContext(run_id="run-1", stage="returns", lakehouse_root=str(env["lake"]),
                            inputs=["bronze.prices"], outputs=["silver.returns"], tables={},
                            staging_dir=str(env["root"] / "staging"))
     path = context.save(env["root"] / "staging" / "context.json")
-    session.ok(f"%qsdk unstage\nimport os, json, qsdk.runtime\nos.environ['QSDK_CONTEXT'] = {str(path)!r}\n"
+    session.ok(f"%qsdk unstage\nimport os, json, qsdk.execution.context\nos.environ['QSDK_CONTEXT'] = {str(path)!r}\n"
                "window = 7  # as papermill would inject it")
     try:
         out = session.ok("%qsdk stage returns -p window=99")
         assert "running as stage 'returns' of run run-1" in out["stdout"]
         session.ok("%qsdk unstage")
-        state = session.json("c = qsdk.runtime.current()\n"
+        state = session.json("c = qsdk.execution.context.current()\n"
                              "print(json.dumps([window, c.run_id, c.staging_dir, c.extra.get('interactive')]))")
         assert state == [7, "run-1", str(env["root"] / "staging"), None]
     finally:
-        session.ok("del os.environ['QSDK_CONTEXT']\nqsdk.runtime.activate(None)")
+        session.ok("del os.environ['QSDK_CONTEXT']\nqsdk.execution.context.activate(None)")

@@ -15,8 +15,8 @@ import pytest
 from pytest_notebook.nb_regression import NBRegressionFixture
 
 from qsdk.config import Config
-from qsdk.registry import Registry
-from qsdk.runtime import StageContext
+from qsdk.execution.context import StageContext
+from qsdk.model.registry import Registry
 from tests.conftest import REPO
 
 REGISTRY = Registry.load(Config.load(REPO))

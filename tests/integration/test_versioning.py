@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from qsdk.errors import ParameterError, SnapshotConflict, SnapshotCorrupted, VersioningError
+from qsdk.integrations.dvc import SnapshotStore, dvcsync
+from qsdk.integrations.dvc.command import cache_dir, cache_file
 from qsdk.sdk import QuantSDK
-from qsdk.versioning import SnapshotStore, dvcsync
-from qsdk.versioning.dvc import cache_dir, cache_file
 from tests.conftest import Project
 
 REPO = Path(__file__).resolve().parents[2]

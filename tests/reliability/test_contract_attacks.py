@@ -190,7 +190,7 @@ def test_files_written_into_the_lakehouse_directly_fail_the_stage(project, case,
 
 def _undo_with_qsdk_restore(sdk, capsys) -> None:
     from qsdk import cli
-    from qsdk.sandbox import user_name
+    from qsdk.lakehouse.sandbox import user_name
 
     root = str(sdk.config.project_root)
     assert cli.main(["--project", root, "restore", "silver.prices", "--version", "0",

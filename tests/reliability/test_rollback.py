@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qsdk.executors.ray import RayExecutor
+from qsdk.execution.executors.ray import RayExecutor
 from qsdk.lakehouse.tables import Lakehouse
 
 FAULTS = Path(__file__).parent / "faults"

@@ -105,7 +105,7 @@ def test_kernels_of_a_local_run_listen_on_loopback_only(sdk, rendezvous):
 
 def test_ray_and_its_kernels_listen_on_loopback_only(sdk, rendezvous):
     ray = pytest.importorskip("ray")
-    from qsdk.executors.ray import RayExecutor
+    from qsdk.execution.executors.ray import RayExecutor
 
     if ray.is_initialized():
         pytest.fail("a Ray session is already running in this process: this test must start its own")

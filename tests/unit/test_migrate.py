@@ -15,7 +15,7 @@ import yaml
 from qsdk.cli import main
 from qsdk.errors import MigrationError
 from qsdk.migrate import import_script
-from qsdk.params import read_parameters
+from qsdk.model.params import read_parameters
 from tests.conftest import write_notebook
 
 

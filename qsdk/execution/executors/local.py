@@ -1,0 +1,40 @@
+"""Sequential, in-process execution: simple to debug, no Ray involved."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+from qsdk.execution.executors.base import Executor
+from qsdk.execution.task import Task, TaskResult, run_task
+
+if TYPE_CHECKING:
+    from qsdk.execution.kernels import KernelPool
+
+
+class LocalExecutor(Executor):
+    """``prewarm``: keep this many kernels started ahead of the next task, with the stage's
+    imports done (0: papermill starts one per task, as plain papermill does)."""
+
+    name = "local"
+    prewarm: int = 1
+    _pool: KernelPool | None = None
+
+    def __init__(self, *, prewarm: int = 1) -> None:
+        self.prewarm = prewarm
+
+    def init(self) -> None:
+        if self.prewarm and self._pool is None:
+            from qsdk.execution.kernels import KernelPool
+
+            self._pool = KernelPool(self.prewarm)
+
+    def submit(self, task: Task) -> Future[TaskResult]:
+        future: Future[TaskResult] = Future()
+        future.set_result(self._pool.run_task(task) if self._pool is not None else run_task(task))
+        return future
+
+    def finalize(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None

@@ -1,0 +1,262 @@
+"""Run tasks on Ray workers: an embedded local Ray by default, or a cluster by address.
+
+Only this module imports Ray; ``qsdk.execution.executors`` loads it when the ``ray`` executor is asked
+for. Life cycle:
+
+- ``init``: use the Ray session the caller already opened (a notebook, a test), else join the
+  cluster at ``address`` / ``$RAY_ADDRESS``, else start an embedded Ray sized to this machine,
+  without dashboard and listening on 127.0.0.1 only.
+- ``submit``: one Ray task per stage partition. The task calls :func:`qsdk.execution.task.run_task`
+  on a pre-warmed kernel from its worker's :class:`~qsdk.execution.kernels.KernelPool` and returns the
+  :class:`TaskResult`; a notebook that raises comes back as a failed result (never retried:
+  ``retry_exceptions=False``). A worker that dies (killed, out of memory) is retried up to the
+  stage's ``retries`` (``max_retries``); commits are idempotent (Delta application
+  transactions), so a retry never writes twice.
+- ``finalize``: shut Ray down only if ``init`` started or joined it.
+
+Ray starts worker processes with fork+exec (fresh interpreters), and kernels are started the
+same way, so no process forks after ``deltalake`` is loaded (its runtime does not survive a
+fork without exec). Every result carries ``extra["forks"]``: the Python-level forks
+(``os.fork``, multiprocessing's "fork") its worker made so far, which must stay 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.exceptions as rex
+
+from qsdk.errors import ConfigError, StageFailed
+from qsdk.execution.executors.base import Executor
+from qsdk.execution.kernels import WALL_CLOCK_GRACE, KernelPool
+from qsdk.execution.task import Task, TaskResult
+
+ENV_ADDRESS = "RAY_ADDRESS"
+# Ray retries a task killed by its memory monitor this many times, on a counter separate from
+# max_retries (default 15; older Ray: forever). Read by the driver and by the raylet.
+ENV_OOM_RETRIES = "RAY_task_oom_retries"
+# Ray's single-machine mode (the default on macOS and Windows): node address 127.0.0.1 stays
+# 127.0.0.1 and every server binds to it. On Linux Ray otherwise advertises the machine's
+# address and binds its gRPC servers on all interfaces.
+_ENV_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding this qsdk package
+_OBJECT_STORE_BYTES = 256 * 2**20  # results are small; table data goes through Delta, not Ray
+_RESERVED = {"num_cpus", "num_gpus", "memory"}
+
+
+class RayExecutor(Executor):
+    """``address``: a Ray cluster to join (default ``$RAY_ADDRESS``; unset: embedded Ray).
+
+    ``num_cpus``: CPUs of the embedded Ray (default: all of this machine's). ``prewarm``:
+    kernels each worker keeps started ahead of need (0: start one per task). ``oom_retries``:
+    bound on Ray's retries of tasks its memory monitor kills. ``wall_clock_grace``: seconds a
+    notebook may run past its stage ``timeout`` before its kernel is killed.
+    ``check_resources``: fail a task at once when no node has the resources it asks for
+    (turn off for an autoscaling cluster, where such a node may still appear).
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        prewarm: int = 1,
+        oom_retries: int = 1,
+        wall_clock_grace: float = WALL_CLOCK_GRACE,
+        check_resources: bool = True,
+        temp_dir: str | None = None,
+    ) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        self.prewarm = prewarm
+        self.oom_retries = oom_retries
+        self.wall_clock_grace = wall_clock_grace
+        self.check_resources = check_resources
+        self.temp_dir = temp_dir
+        self._owns_session = False
+        self._nodes: list[dict[str, float]] = []
+        self._remote: Any = None
+
+    def init(self) -> None:
+        if not ray.is_initialized():
+            os.environ.setdefault(ENV_OOM_RETRIES, str(self.oom_retries))
+            address = self.address or os.environ.get(ENV_ADDRESS)
+            common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR,
+                                      "namespace": "qsdk"}
+            if address:
+                # cluster processes do not inherit our environment: ship the import path
+                try:
+                    ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}},
+                             **common)
+                except (ConnectionError, rex.RayError) as exc:
+                    raise ConfigError(
+                        f"cannot join the Ray cluster at {address!r}: {_first_line(exc)}; check "
+                        f"--ray-address / ${ENV_ADDRESS} (and $RAY_AUTH_TOKEN if the cluster uses "
+                        "token authentication), or unset it to run on an embedded Ray",
+                        address=address,
+                    ) from exc
+            else:
+                with _embedded_environment():
+                    ray.init(
+                        num_cpus=self.num_cpus or os.cpu_count(),
+                        include_dashboard=False,
+                        object_store_memory=_OBJECT_STORE_BYTES,
+                        _temp_dir=self.temp_dir,
+                        _system_config={"task_oom_retries": self.oom_retries},
+                        **common,
+                    )
+            self._owns_session = True
+        self._nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+        self._remote = ray.remote(_run_on_worker)  # type: ignore[arg-type]  # ray types remote() for zero-argument functions only
+
+    def submit(self, task: Task) -> Future[TaskResult]:
+        if self._remote is None:
+            raise RuntimeError("RayExecutor.submit before init()")
+        out: Future[TaskResult] = Future()
+        options = task_options(task)
+        problem = self._infeasible(options) if self.check_resources else None
+        if problem:
+            out.set_result(_failed(task, problem, reason="resources", ename="InfeasibleResources"))
+            return out
+        ref = self._remote.options(**options).remote(task, prewarm=self.prewarm, grace=self.wall_clock_grace)
+        ref.future().add_done_callback(lambda done: out.set_result(_result_of(done, task)))
+        return out
+
+    def finalize(self) -> None:
+        if self._owns_session and ray.is_initialized():
+            ray.shutdown()
+        self._owns_session = False
+        self._remote = None
+
+    def _infeasible(self, options: Mapping[str, Any]) -> str | None:
+        need = {"CPU": options["num_cpus"], "GPU": options.get("num_gpus", 0),
+                "memory": options.get("memory", 0), **options.get("resources", {})}
+        need = {k: v for k, v in need.items() if v}
+        if any(all(node.get(k, 0) >= v for k, v in need.items()) for node in self._nodes):
+            return None
+        have = [{k: node.get(k, 0) for k in need} for node in self._nodes]
+        return (f"it asks for {need} but no node of the Ray cluster has that much (nodes have {have}); "
+                "lower `resources:` in the stage's registry entry or add a node that has them")
+
+
+def task_options(task: Task) -> dict[str, Any]:
+    """Ray options for ``task``: its stage's ``resources`` (``num_cpus`` default 1, ``num_gpus``,
+    ``memory`` in bytes, anything else a custom Ray resource) and its bounded retries."""
+    resources = dict(task.resources)
+    options: dict[str, Any] = {
+        "name": f"qsdk:{task.key}",
+        "num_cpus": float(resources.pop("num_cpus", 1)),
+        "max_retries": int(task.retries),
+        "retry_exceptions": False,
+    }
+    if "num_gpus" in resources:
+        options["num_gpus"] = float(resources.pop("num_gpus"))
+    if "memory" in resources:
+        options["memory"] = int(resources.pop("memory"))
+    if resources:
+        options["resources"] = {k: float(v) for k, v in resources.items()}
+    return options
+
+
+# ------------------------------------------------------------------ inside a Ray worker
+_pool: KernelPool | None = None
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(before=_count_fork)
+
+
+def _run_on_worker(task: Task, *, prewarm: int, grace: float) -> TaskResult:
+    """The Ray task: run ``task`` on a kernel of this worker's pool, note where it ran."""
+    global _pool
+    if _pool is None:
+        import atexit
+
+        _pool = KernelPool(prewarm, cwd=Path(task.notebook).parent)
+        atexit.register(_pool.close)
+    result = _pool.run_task(task, grace=grace)
+    ctx = ray.get_runtime_context()
+    result.extra.update(node_id=ctx.get_node_id(), worker_pid=os.getpid(),
+                        assigned_resources=ctx.get_assigned_resources(), forks=_forks)
+    return result
+
+
+# ------------------------------------------------------------------ driver side helpers
+def _result_of(done: Future[TaskResult], task: Task) -> TaskResult:
+    """The worker's result; a Ray-level failure (dead worker, cancelled) as a failed result."""
+    try:
+        return done.result()
+    except rex.OutOfMemoryError as exc:
+        return _failed(task, f"Ray's memory monitor killed its worker (after {task.retries} retries and "
+                       f"${ENV_OOM_RETRIES} out-of-memory retries); give the stage more `memory:`",
+                       reason="out_of_memory", ename=type(exc).__name__, evalue=_first_line(exc))
+    except (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError) as exc:
+        return _failed(task, f"its Ray worker died {task.retries + 1} time(s) (killed, out of memory "
+                       "or crashed); raise `retries:` in the stage's registry entry to retry more",
+                       reason="worker_died", ename=type(exc).__name__, evalue=_first_line(exc))
+    except rex.TaskCancelledError as exc:
+        return _failed(task, "its Ray task was cancelled", reason="cancelled",
+                       ename=type(exc).__name__, evalue=_first_line(exc))
+    except Exception as exc:  # the task function itself raised (e.g. no kernel could start)
+        cause = exc.cause if isinstance(exc, rex.RayTaskError) and exc.cause is not None else exc
+        return _failed(task, f"the Ray task raised {type(cause).__name__}: {_first_line(cause)}",
+                       reason="executor", ename=type(cause).__name__, evalue=_first_line(cause))
+
+
+def _failed(task: Task, detail: str, **fields: Any) -> TaskResult:
+    error = StageFailed(f"stage {task.key} failed: {detail}", stage=task.stage, partition=task.partition,
+                        notebook=task.output_notebook, cell_index=None, **fields)
+    return TaskResult(task.stage, task.partition, "failed", task.output_notebook, error=error,
+                      parameters=dict(task.parameters))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _pythonpath() -> str:
+    """Workers import this qsdk, from this source tree, whatever else is installed."""
+    current = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([_SOURCE_ROOT, current] if current else [_SOURCE_ROOT])
+
+
+@contextmanager
+def _embedded_environment() -> Iterator[None]:
+    """While the embedded Ray starts: its processes inherit our import path and listen on
+    127.0.0.1 only.
+
+    The environment reaches the processes Ray spawns (and through the raylet, its workers:
+    cheaper than a ``runtime_env``, which makes Ray start new workers). The driver reads
+    the local-only switch once at import, so its constant is flipped too; both are restored.
+    """
+    from ray._private import ray_constants
+
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", _ENV_LOCAL_ONLY)}
+    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ["PYTHONPATH"] = _pythonpath()
+    os.environ[_ENV_LOCAL_ONLY] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,2 @@
+"""The flow model, validated at construction: the registry read from ``pipelines/``, stages and
+their parameters, flows, feature views."""

@@ -1,0 +1,249 @@
+"""The Ray executor on a real Ray: embedded, and a real two-node cluster joined by address.
+
+Most tests share one embedded Ray (2 CPUs) started by ``RayExecutor.init`` itself; an executor
+created inside a test finds that session and leaves it running.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import psutil
+import pytest
+
+from qsdk.integrations.progress import ConsoleProgress
+from tests.conftest import REPO
+
+ray = pytest.importorskip("ray")
+from qsdk.execution.executors.ray import RayExecutor  # noqa: E402
+
+COLS = {"date": "date", "v": "int64"}
+YEARS = 'start: "date" = "2020-01-01"\nend: "date" = "2021-12-31"'
+WRITE = """import pandas as pd, qsdk
+df = pd.DataFrame({"date": pd.date_range(start, end, freq="MS"), "v": 1})
+qsdk.write_table("bronze.k", df, mode="overwrite", predicate=qsdk.between("date", start, end))"""
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """An embedded Ray started the way a flow starts it: ``RayExecutor().init()``."""
+    assert not ray.is_initialized()
+    owner = RayExecutor(num_cpus=2)
+    owner.init()
+    yield owner
+    owner.finalize()
+    assert not ray.is_initialized()  # the executor that started Ray shut it down
+
+
+def _rows(sdk, table: str, key: list[str]) -> pd.DataFrame:
+    return sdk.lakehouse.read(table).to_pandas().sort_values(key).reset_index(drop=True)
+
+
+def test_import_qsdk_does_not_import_ray():
+    code = ("import sys, qsdk, qsdk.execution.executors, qsdk.sdk, qsdk.cli; "
+            "qsdk.execution.executors.known_executors(); print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_backfill_on_ray_equals_local_and_runs_partitions_in_parallel(ray_session, tmp_path):
+    from qsdk.sdk import QuantSDK
+
+    params = {"start": "2005-01-01", "end": "2007-12-31"}
+    stages = ["ingest_prices", "clean_prices"]
+    sdks = {ex: QuantSDK(REPO, lakehouse_root=tmp_path / ex / "lake", runs_dir=tmp_path / ex / "runs")
+            for ex in ("ray", "local")}
+    on_ray = sdks["ray"].run_pipeline("backfill", params=params, only=stages, executor=RayExecutor(),
+                                      track=False, cache=False)
+    sdks["local"].run_pipeline("backfill", params=params, only=stages, executor="local", track=False,
+                               cache=False)
+    assert ray.is_initialized()  # an executor that found Ray running leaves it running
+
+    results = [r for r in on_ray.results if r.stage == "clean_prices"]
+    assert len(results) == 3 and all(r.status == "succeeded" for r in results)
+    assert len({r.extra["worker_pid"] for r in on_ray.results}) == 2  # both CPUs' workers were used
+    assert all(r.extra["forks"] == 0 for r in on_ray.results)  # nothing forked after deltalake loaded
+    for table, key in [("bronze.prices_raw", ["symbol", "date"]), ("silver.prices", ["symbol", "date"]),
+                       ("silver.corporate_actions", ["symbol", "date", "action"])]:
+        ray_rows, local_rows = _rows(sdks["ray"], table, key), _rows(sdks["local"], table, key)
+        assert len(ray_rows) > 0 and not ray_rows.duplicated(key).any()
+        pd.testing.assert_frame_equal(ray_rows, local_rows)
+
+
+def test_embedded_ray_listens_on_loopback_only(ray_session):
+    listening = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            listening |= {c.laddr.ip for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        except psutil.NoSuchProcess:
+            continue
+    assert listening, "found no Ray process listening"
+    assert listening <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, listening
+
+
+def test_killed_worker_is_retried_without_duplicate_or_missing_rows(ray_session, project, tmp_path):
+    kill = """import os, pathlib, signal, time
+marker = pathlib.Path(markers) / f"{start}.killed"
+if start.startswith("2021") and not marker.exists():  # first attempt only
+    marker.write_text(str(os.getppid()))
+    os.kill(os.getppid(), signal.SIGKILL)  # the kernel's parent: the Ray worker running this task
+    time.sleep(60)"""
+    sdk = (project.table("bronze.k", COLS, primary_key=["date"])
+           .stage("k", YEARS + '\nmarkers: str = ""', WRITE, kill, outputs=["bronze.k"],
+                  partition={"by": "year"}, retries=1)
+           .flow("f", ["k"]).sdk())
+    buf = io.StringIO()
+    result = sdk.run_pipeline("f", params={"markers": str(tmp_path)}, executor=RayExecutor(),
+                              hooks=[ConsoleProgress(stream=buf, live=True)], track=False, cache=False)
+
+    marker = tmp_path / "2021-01-01.killed"
+    killed_pid = int(marker.read_text())  # the first attempt ran and killed its worker
+    retried = next(r for r in result.results if r.partition.startswith("2021"))
+    assert retried.status == "succeeded" and retried.extra["worker_pid"] != killed_pid
+    assert not psutil.pid_exists(killed_pid) or psutil.Process(killed_pid).status() == psutil.STATUS_ZOMBIE
+    rows = _rows(sdk, "bronze.k", ["date"])
+    assert rows["date"].astype(str).tolist() == [str(d.date()) for d in pd.date_range("2020-01-01", "2021-12-01", freq="MS")]
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())
+    assert re.search(r"k\s+succeeded\s+2\s+2\s+0\s+0\s+0", text), text  # the summary table
+
+
+def test_failing_partition_is_not_retried_and_reports_its_cell(ray_session, project, tmp_path):
+    attempts = tmp_path / "attempts.txt"
+    count = f"open({str(attempts)!r}, 'a').write(start + '\\n')"
+    boom = 'if start.startswith("2021"):\n    raise ValueError("bad bar in " + start)'
+    sdk = (project.table("bronze.k", COLS, primary_key=["date"])
+           .stage("k", YEARS, count, boom, WRITE, outputs=["bronze.k"], partition={"by": "year"}, retries=2)
+           .flow("f", ["k"]).sdk())
+    buf = io.StringIO()
+    result = sdk.run_pipeline("f", executor=RayExecutor(), hooks=[ConsoleProgress(stream=buf, live=False)],
+                              track=False, cache=False, raise_on_failure=False)
+
+    assert result.status == "failed"
+    assert "[FAIL] k[2021-01-01_2021-12-31]" in buf.getvalue()
+    assert re.search(r"✗ stage k\[2021-01-01_2021-12-31\] failed: cell \d+ \(In \[\d+\]\) raised ValueError", buf.getvalue())
+    (failed,) = result.failures
+    err = pickle.loads(pickle.dumps(failed.error))
+    assert (err.stage, err.partition, err.ename, err.reason) == ("k", "2021-01-01_2021-12-31", "ValueError", "error")
+    assert "bad bar in 2021-01-01" in err.evalue
+    cells = nbformat.read(project.root / "notebooks" / "k.ipynb", as_version=4).cells  # the stage's own notebook
+    assert "raise ValueError" in cells[err.cell_index].source
+    assert sorted(attempts.read_text().split()) == ["2020-01-01", "2021-01-01"]  # raised once, not retried
+    assert len(_rows(sdk, "bronze.k", ["date"])) == 12  # the good partition committed, the bad one did not
+
+
+def test_resources_and_timeouts(ray_session, project):
+    sleep = "import time; time.sleep({})"
+    sdk = (project
+           .stage("sized", "x: int = 0", "y = x", resources={"num_cpus": 0.5, "memory": 50_000_000})
+           .stage("too_big", "x: int = 0", "y = x", resources={"num_cpus": 64})
+           .stage("cell_timeout", "x: int = 0", sleep.format(60), timeout=2)
+           .stage("wall_clock", "x: int = 0", *[sleep.format(1)] * 4, timeout=2)
+           .flow("cells", ["sized", "too_big", "cell_timeout"])
+           .flow("notebook", ["wall_clock"]).sdk())
+    # The wall clock counts from the notebook's start (bootstrap and parameter cells included),
+    # so each limit gets its own run: a generous grace lets the one slow cell hit the cell
+    # timeout however loaded the machine is; a small one lets four short cells hit the wall clock.
+    started = time.perf_counter()
+    cells = sdk.run_pipeline("cells", executor=RayExecutor(wall_clock_grace=20), track=False, cache=False,
+                             raise_on_failure=False)
+    notebook = sdk.run_pipeline("notebook", executor=RayExecutor(wall_clock_grace=0.3), track=False,
+                                cache=False, raise_on_failure=False)
+    assert time.perf_counter() - started < 55  # nobody waited for the 60 s cell
+    by_stage = {r.stage: r for r in cells.results + notebook.results}
+
+    assert by_stage["sized"].status == "succeeded"
+    assert by_stage["sized"].extra["assigned_resources"] == {"CPU": 0.5, "memory": 50_000_000}
+    too_big = by_stage["too_big"].error
+    assert (too_big.reason, too_big.ename) == ("resources", "InfeasibleResources")
+    assert "'CPU': 64.0" in str(too_big)
+    cell = by_stage["cell_timeout"].error
+    assert (cell.reason, cell.ename) == ("timeout", "CellTimeoutError")
+    wall = by_stage["wall_clock"].error  # each cell stays under 2 s, the notebook does not
+    assert (wall.reason, wall.ename) == ("timeout", "WallClockTimeout")
+    assert "+0.3 s grace" in str(wall)
+
+
+# ---------------------------------------------------------------- a real two-node cluster
+DRIVER = """
+import json, sys
+from qsdk.sdk import QuantSDK
+root, address = sys.argv[1], sys.argv[2]
+sdk = QuantSDK(root, lakehouse_root=root + "/lakehouse", runs_dir=root + "/runs")
+result = sdk.run_pipeline("f", executor="ray", ray_address=address, track=False, cache=False,
+                          raise_on_failure=False)
+print(json.dumps({"status": result.status, "errors": [str(r.error) for r in result.failures],
+                  "nodes": {r.key: r.extra.get("node_id") for r in result.results}}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    """Stop only this cluster's processes: every process naming its temp dir, and their
+    children (workers, kernels). ``ray stop`` would stop every Ray on the machine."""
+    procs = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid != os.getpid() and temp_dir in " ".join(proc.info["cmdline"] or []):
+            procs.add(proc)
+            try:
+                procs |= set(proc.children(recursive=True))
+            except psutil.NoSuchProcess:
+                pass
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(procs), timeout=10)
+    for proc in alive:
+        proc.kill()
+
+
+def test_flow_on_a_two_node_cluster_runs_partitions_on_both_nodes(project):
+    sdk = (project.table("bronze.k", COLS, primary_key=["date"])
+           .stage("k", YEARS, WRITE, outputs=["bronze.k"], partition={"by": "year"})
+           .stage("pinned", "x: int = 0", "y = x", resources={"num_cpus": 0, "node2": 1})
+           .flow("f", ["k", "pinned"]).sdk())
+    temp_dir = tempfile.mkdtemp(prefix="qsdk-ray-", dir="/tmp")  # short: Ray puts sockets in it
+    port = _free_port()
+    # a private token: the cluster does not depend on, or touch, ~/.ray/auth_token
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_ADDRESS", None)
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    try:
+        subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--include-dashboard=false",
+                        f"--temp-dir={temp_dir}", *common], env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", "--resources={\"node2\": 1}", *common],
+                       env=env, check=True, capture_output=True, timeout=120)
+        done = subprocess.run([sys.executable, "-c", DRIVER, str(project.root), f"127.0.0.1:{port}"],
+                              env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        _stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["status"] == "succeeded", out["errors"]
+    nodes = out["nodes"]
+    partitions = {nodes["k[2020-01-01_2020-12-31]"], nodes["k[2021-01-01_2021-12-31]"]}
+    assert len(partitions) == 2  # one partition per node: each node has one CPU
+    assert nodes["pinned"] in partitions  # the node with the custom resource is one of the two
+    assert len(_rows(sdk, "bronze.k", ["date"])) == 24
