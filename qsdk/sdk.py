@@ -184,12 +184,12 @@ class QuantSDK:
 
     def check_results(self, table: str | None = None) -> list[dict[str, Any]]:
         """The latest result of every data check (of ``table``), from the ``qsdk.checks`` table."""
-        from qsdk.lakehouse import checks
+        from qsdk.lakehouse import check_results
 
         if table is not None:
             self.registry.table(table)  # an unknown name gets the registry's "did you mean"
         declared = {(name, c.name) for name, spec in self.registry.tables.items() for c in spec.checks}
-        rows = checks.latest(self.config.lakehouse_root, table).to_pylist()
+        rows = check_results.latest(self.config.lakehouse_root, table).to_pylist()
         return [r for r in rows if (r["table"], r["check"]) in declared]  # not checks since removed
 
     def run_checks(self, table: str) -> list[Any]:
@@ -197,7 +197,7 @@ class QuantSDK:
         changing a check); the results are recorded in ``qsdk.checks`` with source ``manual``.
         A row-count change has no replaced slice here and passes."""
         from qsdk.execution.scheduling import new_run_id
-        from qsdk.lakehouse import checks
+        from qsdk.lakehouse import check_results, checks
 
         spec = self.registry.table(table)
         lake = self.lakehouse
@@ -207,7 +207,7 @@ class QuantSDK:
         version = lake.version(table)
         results = checks.evaluate(table, spec.checks, lake.read(table, version=version), spec.columns,
                                   table_version=version)
-        checks.record(lake.root, results, run_id=f"manual-{new_run_id()}", stage="<qsdk checks>",
+        check_results.record(lake.root, results, run_id=f"manual-{new_run_id()}", stage="<qsdk checks>",
                       partition=None, source="manual")
         return results
 

@@ -414,13 +414,13 @@ def _run_checks(task: Task, result: TaskResult) -> None:
     """Evaluate the declared data checks on the staged writes, record the results (the
     ``qsdk.checks`` table and ``result.extra["checks"]``), and fail the stage with reason
     ``check_failed`` when an ``error`` check failed: then nothing is committed."""
-    from qsdk.lakehouse import checks
+    from qsdk.lakehouse import check_results, checks
 
     started = time.perf_counter()
     results = staging.check_staged(task.staging_dir, _lakehouse(task))
     result.extra["checks"] = [r.to_dict() for r in results]
     ctx = task.context
-    checks.record(ctx.lakehouse_root, results, run_id=ctx.run_id, stage=ctx.stage, partition=ctx.partition,
+    check_results.record(ctx.lakehouse_root, results, run_id=ctx.run_id, stage=ctx.stage, partition=ctx.partition,
                   source="flow")
     result.extra["checks_s"] = time.perf_counter() - started  # what the checks cost (bench_checks.py)
     try:

@@ -19,19 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from qsdk.errors import ContractViolation, RegistryError, TableNameError
+from qsdk.lakehouse.types import TYPES
 
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\.[a-z][a-z0-9_]{0,62}$")
 
-TYPES: dict[str, pa.DataType] = {
-    "string": pa.string(),
-    "int64": pa.int64(),
-    "int32": pa.int32(),
-    "float64": pa.float64(),
-    "float32": pa.float32(),
-    "bool": pa.bool_(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-}
 
 
 def validate_table_name(name: Any) -> str:

@@ -95,13 +95,13 @@ def _enforce_checks(lake: Lakehouse, table: str, data: Any, *, mode: WriteMode, 
     """The table's declared data checks, as a stage's commit runs them: results recorded in
     ``lake``'s ``qsdk.checks``; a failed ``error`` check raises CheckFailed (nothing written), a
     failed ``warn`` check is printed. Returns ``data`` conformed to the contract."""
-    from qsdk.lakehouse import checks
+    from qsdk.lakehouse import check_results, checks
     from qsdk.lakehouse.contract import conform
 
     spec = lake.spec(table)
     rows = conform(data, spec)
     results = checks.check_write(lake, table, rows, mode=mode, predicate=predicate)
-    checks.record(lake.root, results, run_id=run_id, stage=stage, partition=None, source=source)
+    check_results.record(lake.root, results, run_id=run_id, stage=stage, partition=None, source=source)
     checks.raise_for(results)
     for result in results:
         if not result.passed:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qsdk.lakehouse import checks
+from qsdk.lakehouse import check_results
 from tests.conftest import REPO
 
 BASE = {"source": "synthetic", "n_symbols": 6, "start": "2010-01-01", "end": "2010-03-31"}
@@ -62,7 +62,7 @@ def test_clean_synthetic_data_passes_and_results_are_data(root: Path, clean) -> 
     for stage, table in declared.items():
         results = [c for c in as_json["stages"][stage]["checks"] if c["table"] == table]
         assert results and all(c["passed"] for c in results), results
-    table = checks.latest(root / "lakehouse", "silver.prices").to_pylist()
+    table = check_results.latest(root / "lakehouse", "silver.prices").to_pylist()
     assert {r["check"] for r in table} >= {"close > 0", "ohlc_consistent", "sessions XNYS complete"}
     assert all(r["passed"] and r["run_id"] == clean.run_id and r["source"] == "flow" for r in table)
     # MLflow: the partition's run has a metric per check and the summary tag
@@ -86,7 +86,7 @@ def test_a_zero_price_fails_ingest_with_check_failed_and_commits_nothing(root: P
     assert '"close": 0.0' in str(error)  # the example row
     assert versions(root) == before  # no table moved
     assert {r.status for r in result.results if r.stage == "clean_prices"} == {"skipped"}
-    failed = [r for r in checks.latest(root / "lakehouse", "bronze.prices_raw").to_pylist() if not r["passed"]]
+    failed = [r for r in check_results.latest(root / "lakehouse", "bronze.prices_raw").to_pylist() if not r["passed"]]
     assert [(r["check"], r["failing_rows"], r["run_id"]) for r in failed] == [("positive_prices", 1, result.run_id)]
     json_error = result.to_dict()["stages"]["ingest_prices"]["errors"][0]
     assert json_error["reason"] == "check_failed" and json_error["check"] == "positive_prices"
@@ -163,5 +163,5 @@ def test_qsdk_checks_shows_the_latest_results_and_run_evaluates_the_table_now(ro
     assert cli.main(["--project", str(root), "checks", "silver.prices", "--run"]) == 1
     out = capsys.readouterr().out
     assert "FAIL  silver.prices" in out and "penny_stock" in out
-    latest = {r["check"]: r for r in checks.latest(root / "lakehouse", "silver.prices").to_pylist()}
+    latest = {r["check"]: r for r in check_results.latest(root / "lakehouse", "silver.prices").to_pylist()}
     assert latest["penny_stock"]["source"] == "manual" and not latest["penny_stock"]["passed"]

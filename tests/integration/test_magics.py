@@ -221,7 +221,7 @@ def test_interactive_writes_go_to_the_sandbox_until_promoted(session: Session, e
 
 
 def test_checks_run_on_sandbox_writes_and_on_promote(session: Session, env) -> None:
-    from qsdk.lakehouse import checks
+    from qsdk.lakehouse import check_results
 
     user = "checker"
     session.ok(f"import os; os.environ['QSDK_USER'] = {user!r}")
@@ -239,7 +239,7 @@ def test_checks_run_on_sandbox_writes_and_on_promote(session: Session, env) -> N
         warned = session.ok("qsdk.write_table('silver.returns', bad.assign(ret=[0.1, None]))")
         assert "warning: silver.returns check 'null_fraction ret <= 0.0' (warn)" in warned["stdout"]
         assert Lakehouse(sandbox).read("silver.returns").num_rows == 2  # a warning commits
-        recorded = checks.latest(sandbox, "silver.returns").to_pylist()
+        recorded = check_results.latest(sandbox, "silver.returns").to_pylist()
         assert {(r["check"], r["passed"], r["source"]) for r in recorded} == {
             ("ret between -0.9 and 10", True, "sandbox"), ("null_fraction ret <= 0.0", False, "sandbox")}
         # promote runs the same checks against production: a bad row put in the sandbox around qsdk is refused
@@ -251,7 +251,7 @@ def test_checks_run_on_sandbox_writes_and_on_promote(session: Session, env) -> N
         assert refused["error"][0] == "CheckFailed" and "'ret between -0.9 and 10'" in refused["error"][1]
         assert Lakehouse(env["lake"]).version("silver.returns") == before
         assert any(r["source"] == "promote" and not r["passed"]
-                   for r in checks.latest(env["lake"], "silver.returns").to_pylist())
+                   for r in check_results.latest(env["lake"], "silver.returns").to_pylist())
     finally:
         session.ok("%qsdk unstage")
         session.ok("os.environ['QSDK_USER'] = 'tester'")

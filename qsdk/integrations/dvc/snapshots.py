@@ -46,8 +46,8 @@ from qsdk.errors import (
     VersioningError,
 )
 from qsdk.integrations.dvc import command as dvc
-from qsdk.lakehouse.contract import TYPES
 from qsdk.lakehouse.tables import Lakehouse
+from qsdk.lakehouse.types import TYPES
 from qsdk.model.registry import Registry
 
 SNAPSHOT_DIR = "snapshots"
