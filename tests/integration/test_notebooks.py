@@ -15,7 +15,7 @@ import pytest
 from pytest_notebook.nb_regression import NBRegressionFixture
 
 from qsdk.config import Config
-from qsdk.execution.context import StageContext
+from qsdk.execution.context import new_context
 from qsdk.model.registry import Registry
 from tests.conftest import REPO
 
@@ -55,12 +55,8 @@ def test_notebook_runs_and_matches_saved_outputs(notebook: Path, lake_root: Path
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     stage = BY_NOTEBOOK.get(notebook)
     if stage is not None:
-        context = StageContext(
-            run_id="notebook-test", stage=stage.name, lakehouse_root=str(lake_root),
-            inputs=list(stage.inputs), outputs=list(stage.outputs),
-            tables={t: REGISTRY.tables[t].to_dict() for t in (*stage.inputs, *stage.outputs)},
-            staging_dir=None,
-        )
+        context = new_context(REGISTRY, run_id="notebook-test", stage=stage.name, lakehouse_root=lake_root,
+                              inputs=stage.inputs, outputs=stage.outputs, staging_dir=None)
         env["QSDK_CONTEXT"] = str(context.save(tmp_path / "context.json"))
     fixture = NBRegressionFixture(
         exec_timeout=600,
