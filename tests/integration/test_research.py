@@ -69,7 +69,7 @@ def test_evaluation_metrics_are_logged_to_mlflow(planted):
 
     client = MlflowClient(planted.config.tracking_uri)
     experiment = client.get_experiment_by_name("qsdk/backfill")
-    runs = client.search_runs([experiment.experiment_id], "tags.`qsdk.model.stage` = 'evaluate'")
+    runs = client.search_runs([experiment.experiment_id], "tags.`qsdk.stage` = 'evaluate'")
     assert len(runs) == 1
     metrics = runs[0].data.metrics
     assert metrics["ic_weighted.rank_ic_mean"] > 0.1
