@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,7 +196,12 @@ class _Scope:
                     return candidate.resolve()
         return None
 
-    def walk(self, start: Iterable[str]) -> tuple[set[Path], set[str]]:
+    def walk(self, start: Iterable[str], *,
+             follow: Callable[[Path, str], list[str]] | None = None) -> tuple[set[Path], set[str]]:
+        """Project files reached from ``start`` through ``follow(path, module)`` (the imports of
+        a project module to walk on; default: its module-level imports), and the top-level names
+        of the third-party modules met."""
+        follow = follow or static_imports
         files: set[Path] = set()
         third_party: set[str] = set()
         queue = [p for name in start for p in _parents(name)]
@@ -216,7 +221,7 @@ class _Scope:
                     third_party.add(top)
                 continue
             files.add(path)
-            queue += [p for imported in static_imports(path, name) for p in _parents(imported)]
+            queue += [p for imported in follow(path, name) for p in _parents(imported)]
         return files, third_party
 
     def key(self, path: Path) -> str:
@@ -436,22 +441,15 @@ def notebook_closure(cells: Iterable[Mapping[str, Any]], *, notebook: str | Path
         names.add("qsdk.lakehouse.loader")
     scope = _Scope(Path(project_root), Path(notebook).parent, {})
     root = scope.root
-    files: set[Path] = set()
-    queue = [p for n in names for p in _parents(n)]
-    seen: set[str] = set()
-    while queue:
-        name = queue.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        path = scope.project_file(name)
-        if path is None:
-            continue
-        files.add(path)
+    machinery = scope.qsdk_dir
+
+    def follow(path: Path, name: str) -> list[str]:
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         found = _imports_in(ast.walk(ast.parse(path.read_bytes())), package=package)
-        if path.is_relative_to(scope.qsdk_dir) and not path.is_relative_to(scope.qsdk_dir / "quant"):
+        if path.is_relative_to(machinery) and not path.is_relative_to(machinery / "quant"):
             # qsdk's machinery: its lazy imports would fan out to all of it; keep the quant library's
-            found = [*static_imports(path, name), *(n for n in found if n.startswith("qsdk.quant"))]
-        queue += [p for n in found for p in _parents(n)]
+            return [*static_imports(path, name), *(n for n in found if n.startswith("qsdk.quant"))]
+        return found
+
+    files, _ = scope.walk(names, follow=follow)
     return sorted(str(f.relative_to(root)) for f in files if f.is_relative_to(root))
