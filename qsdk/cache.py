@@ -31,15 +31,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, Literal
 
 from qsdk import codedeps
 from qsdk import names as qnames
 from qsdk.errors import QsdkError
+from qsdk.lazyimport import lazy_module
 from qsdk.nbfile import read_cells, tags
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+else:
+    np = lazy_module("numpy")
+    pa = lazy_module("pyarrow")
 
 CACHE_DIR = "_qsdk_cache"
 State = Literal["cached", "stale", "never"]
@@ -121,15 +126,16 @@ class Cache:
         self._commits: dict[tuple[str, int], dict[str, Any] | None] = {}  # commit infos read
 
     @contextmanager
-    def versions_pinned(self) -> Iterator[None]:
+    def versions_pinned(self, versions: dict[str, int | None] | None = None) -> Iterator[None]:
         """Within the block, read each table's Delta version once.
 
         For checking all tasks of one stage before any of them runs: its inputs were written
         by stages that have finished and its outputs only by itself, so no version moves
         during the block. Opening a Delta table per input and output per task is most of a
-        no-op re-run's time otherwise.
+        no-op re-run's time otherwise. ``versions``: the memo to fill (and keep using across
+        blocks while the caller knows nothing has written since); a fresh one by default.
         """
-        outer, self._versions = self._versions, {}
+        outer, self._versions = self._versions, ({} if versions is None else versions)
         try:
             yield
         finally:

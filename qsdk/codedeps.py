@@ -259,6 +259,10 @@ def _imports_in(nodes: Iterable[ast.AST], *, package: str) -> list[str]:
     for node in nodes:
         if isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
+        elif (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+              and isinstance(node.value.func, ast.Name) and node.value.func.id == "lazy_module"
+              and node.value.args and isinstance(node.value.args[0], ast.Constant)):
+            found.append(str(node.value.args[0].value))  # qsdk.lazyimport: imported on first use
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -276,7 +280,7 @@ def _module_level(body: list[ast.stmt]) -> Iterable[ast.stmt]:
             test = ast.unparse(node.test)
             if "TYPE_CHECKING" not in test:
                 yield from _module_level(node.body)
-                yield from _module_level(node.orelse)
+            yield from _module_level(node.orelse)  # `else: pa = lazy_module("pyarrow")`
         elif isinstance(node, ast.Try):
             for block in (node.body, *(h.body for h in node.handlers), node.orelse, node.finalbody):
                 yield from _module_level(block)
@@ -337,6 +341,12 @@ def installed_version(dist: str) -> str | None:
 
 
 _INDEX = "\0dist-info index"  # the key under which a versions memo keeps its index
+_VERSIONS: dict[str, Any] = {}  # the process-wide memo of listed_version
+
+
+def listed_version(dist: str) -> str | None:
+    """The installed version of ``dist`` from one listing of the dist-info folders per process."""
+    return _listed_version(dist, _VERSIONS)
 
 
 def _listed_version(dist: str, memo: dict[str, Any]) -> str | None:
@@ -351,8 +361,9 @@ def _listed_version(dist: str, memo: dict[str, Any]) -> str | None:
             except OSError:
                 continue
             for name in names:
-                if name.endswith(".dist-info") and name.count("-") == 1:
-                    dist_name, version = name[: -len(".dist-info")].split("-")
+                stem = name[: -len(".dist-info")]
+                if name.endswith(".dist-info") and stem.count("-") == 1:
+                    dist_name, version = stem.split("-")
                     index.setdefault(_normalise(dist_name), version)
         memo[_INDEX] = index
     return memo[_INDEX].get(_normalise(dist)) or installed_version(dist)
@@ -392,7 +403,7 @@ def source_fingerprints(sources: Iterable[Any], *, project_root: str | Path) -> 
     root = Path(project_root)
     for source in sources:
         if source.kind == "package":
-            out[source.label] = installed_version(source.name) or "not installed"
+            out[source.label] = listed_version(source.name) or "not installed"
         else:
             digest = hashlib.sha256()
             for path in sorted(root.glob(source.name)):

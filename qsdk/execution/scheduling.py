@@ -232,6 +232,9 @@ class _Memo:
         self.cache = cache
         self.forced = forced
         self._code: dict[str, str] = {}
+        # table versions read while no task of this run has run yet: until one runs, nothing of
+        # this run can have moved them, so every stage's lookup reads each table once
+        self._untouched: dict[str, int | None] | None = {}
 
     def code(self, task: Task) -> str:
         if task.stage not in self._code:
@@ -241,8 +244,11 @@ class _Memo:
     def lookup_all(self, tasks: list[Task]) -> list[tuple[Task, TaskResult | None]]:
         """Look up every task of one stage before any of them runs, reading each table's
         version once (:meth:`qsdk.cache.Cache.versions_pinned`)."""
-        with self.cache.versions_pinned():
-            return [(task, self.lookup(task)) for task in tasks]
+        with self.cache.versions_pinned(self._untouched):
+            found = [(task, self.lookup(task)) for task in tasks]
+        if any(result is None for _, result in found):
+            self._untouched = None  # a task of this stage runs: later stages read afresh
+        return found
 
     def lookup(self, task: Task) -> TaskResult | None:
         if task.stage in self.forced:

@@ -8,13 +8,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from qsdk.lakehouse.checks import CHECKS_TABLE, CheckResult, _arrow, _connect
 from qsdk.lakehouse.contract import TableSpec
 from qsdk.lakehouse.tables import Lakehouse
+from qsdk.lazyimport import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:
+    pa = lazy_module("pyarrow")
 
 
 def results_spec() -> Any:

@@ -16,15 +16,22 @@ whose rows the check ignores (a documented quirk of the data, never a loosened b
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
-
-import pyarrow as pa
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from qsdk.errors import CheckFailed, RegistryError
+from qsdk.lazyimport import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:
+    pa = lazy_module("pyarrow")
 
 Severity = Literal["error", "warn"]
 SEVERITIES: tuple[str, ...] = ("error", "warn")
@@ -89,8 +96,55 @@ def parse_checks(table: str, columns: Mapping[str, str], raw: Any, *,
     if dupes:
         raise RegistryError(f"table {table!r}: two checks are named {dupes}; give each a distinct name:")
     if validate_sql:
-        _validate_sql(table, columns, checks)
+        _validate_once(table, columns, checks)
     return tuple(checks)
+
+
+def _validate_once(table: str, columns: Mapping[str, str], checks: Sequence[Check]) -> None:
+    """Check the calendars and bind the SQL of ``checks``, once per distinct declaration.
+
+    Both need heavy imports (exchange_calendars loads pandas, DuckDB opens a database): about half
+    a second that every command would pay on each registry load. The outcome depends only on the
+    declaration, this module and the two libraries' versions, so a success is remembered as an
+    empty marker file named by their hash (``$XDG_CACHE_HOME/qsdk/validated-checks``); failures
+    are never remembered. A missing or read-only cache folder just means validating every time."""
+    if not any(c.kind == "sessions" or c.kind == "expression" or "except" in c.spec for c in checks):
+        return
+    marker = _marker(table, columns, checks)
+    if marker is not None and marker.exists():
+        return
+    for check in checks:
+        if check.kind == "sessions":
+            _validate_calendar(table, check)
+    _validate_sql(table, columns, checks)
+    if marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass
+
+
+def _marker(table: str, columns: Mapping[str, str], checks: Sequence[Check]) -> Path | None:
+    from qsdk.codedeps import file_hash, listed_version
+
+    folder = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if not os.path.isabs(folder):
+        return None
+    identity = [table, dict(columns), [c.spec for c in checks], file_hash(Path(__file__)),
+                listed_version("duckdb"), listed_version("exchange_calendars")]
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    return Path(folder) / "qsdk" / "validated-checks" / digest
+
+
+def _validate_calendar(table: str, check: Check) -> None:
+    from qsdk.quant.calendar import get_calendar
+
+    try:
+        get_calendar(str(check.spec["sessions"]))
+    except Exception as exc:  # exchange_calendars raises its own types for unknown names
+        raise RegistryError(f"table {table!r}, check {check.name!r}: unknown exchange calendar "
+                            f"{check.spec['sessions']!r} ({exc})") from None
 
 
 def _parse_one(table: str, columns: Mapping[str, str], entry: Any, index: int) -> Check:
@@ -130,12 +184,6 @@ def _kind_and_name(entry: dict[str, Any], columns: Mapping[str, str]) -> tuple[s
         _columns_exist([date_col, by], columns)
         if columns[date_col] != "date":
             raise ValueError(f"date_column {date_col!r} is {columns[date_col]}, not date")
-        from qsdk.quant.calendar import get_calendar
-
-        try:
-            get_calendar(str(entry["sessions"]))
-        except Exception as exc:  # exchange_calendars raises its own types for unknown names
-            raise ValueError(f"unknown exchange calendar {entry['sessions']!r} ({exc})") from None
         return "sessions", f"sessions {entry['sessions']} complete"
     if "row_count_change" in keys:
         _only(keys, {"row_count_change"})

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from qsdk import names as qnames
 from qsdk.errors import ContractViolation
@@ -19,6 +17,12 @@ from qsdk.execution import context as runtime
 from qsdk.lakehouse import staging
 from qsdk.lakehouse.contract import TableSpec, conform, validate_table_name
 from qsdk.lakehouse.tables import Filters, Lakehouse, WriteMode
+from qsdk.lazyimport import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:
+    pa = lazy_module("pyarrow")
 
 
 @dataclass(frozen=True)

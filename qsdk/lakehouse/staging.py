@@ -12,13 +12,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from qsdk.errors import LakehouseError, QsdkError
 from qsdk.lakehouse.tables import Lakehouse
+from qsdk.lazyimport import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+else:
+    pa = lazy_module("pyarrow")
+    pq = lazy_module("pyarrow.parquet")
 
 MANIFEST = "writes.jsonl"
 READS = "reads.jsonl"

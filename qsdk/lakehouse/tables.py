@@ -14,15 +14,20 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING, Any, Literal
 
 from qsdk import names as qnames
 from qsdk.errors import ContractViolation, LakehouseError, TableNameError
 from qsdk.lakehouse.contract import TableSpec, conform, validate_table_name
 from qsdk.lakehouse.guard import trusted
+from qsdk.lazyimport import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+else:
+    pa = lazy_module("pyarrow")
+    pc = lazy_module("pyarrow.compute")
 
 WriteMode = Literal["append", "overwrite", "merge"]
 WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "merge")
@@ -460,9 +465,9 @@ def _is_conflict(exc: Exception) -> bool:
     return isinstance(exc, CommitFailedError) or "conflict" in text or "concurrent" in text
 
 
-_OPS = {
-    "=": pc.equal, "==": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal,
-    ">": pc.greater, ">=": pc.greater_equal,
+_OPS = {  # filter operator -> pyarrow.compute function
+    "=": "equal", "==": "equal", "!=": "not_equal", "<": "less", "<=": "less_equal",
+    ">": "greater", ">=": "greater_equal",
 }
 
 
@@ -490,7 +495,7 @@ def _expression(filters: Filters, schema: pa.Schema) -> Any:
             term = field.isin(values)
             term = ~term if op == "not in" else term
         elif op in _OPS:
-            term = _OPS[op](field, _cast_value(value, typ))
+            term = getattr(pc, _OPS[op])(field, _cast_value(value, typ))
         else:
             raise ContractViolation(f"unknown filter operator {op!r}; use one of {[*_OPS, 'in', 'not in']}")
         expr = term if expr is None else expr & term

@@ -37,6 +37,10 @@ from qsdk.model.flow import Binding, Flow
 from qsdk.model.stage import PartitionSpec, SourceSpec, Stage
 from qsdk.nbfile import leading_imports
 
+# libyaml's parser when PyYAML was built with it (the wheels are): a registry load is on every
+# command's path, and the pure-Python parser is most of it. Same safe subset of YAML.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 _T = TypeVar("_T")
 
 _STAGE_KEYS = {"notebook", "inputs", "outputs", "parameters", "partition", "description",
@@ -208,7 +212,7 @@ def _read_yaml_files(folder: Path) -> tuple[dict[str, _Raw], list[Problem]]:
 
 def _read_doc(path: Path, sections: set[str]) -> dict[str, Any]:
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.load(path.read_text(), Loader=_YAML_LOADER) or {}
     except yaml.YAMLError as exc:  # one line: where, and what the parser expected
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

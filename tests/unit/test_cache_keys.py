@@ -50,3 +50,33 @@ def test_fingerprint_is_order_insensitive_and_content_sensitive():
 def test_params_hash_is_stable_across_key_order():
     assert params_hash({"a": 1, "b": [1, 2]}) == params_hash({"b": [1, 2], "a": 1})
     assert params_hash({"a": 1}) != params_hash({"a": 2})
+
+
+def test_installed_versions_come_from_the_dist_info_listing_without_importlib_metadata(monkeypatch):
+    """The cache key's package versions are read from ``NAME-VERSION.dist-info`` folder names (a
+    no-op re-run must not pay for importlib.metadata); they agree with importlib.metadata."""
+    from importlib import metadata
+
+    from qsdk import codedeps
+
+    monkeypatch.setattr(codedeps, "_VERSIONS", {})
+    expected = {d: metadata.version(d) for d in ("duckdb", "exchange-calendars", "pyarrow", "PyYAML")}
+    monkeypatch.setattr(codedeps, "installed_version", lambda d: (_ for _ in ()).throw(AssertionError(d)))
+    assert {d: codedeps.listed_version(d) for d in expected} == expected
+
+
+def test_lazy_module_imports_on_first_use_and_counts_as_a_static_import(tmp_path):
+    import subprocess
+    import sys
+
+    from qsdk.codedeps import static_imports
+
+    probe = ("import sys; from qsdk.lakehouse.types import TYPES; from qsdk.lakehouse import tables; "
+             "assert 'date' in TYPES and list(TYPES)[0] == 'string'; before = 'pyarrow' in sys.modules; "
+             "t = TYPES['date']; print(before, 'pyarrow' in sys.modules, t)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "date32[day]"]
+    module = tmp_path / "m.py"
+    module.write_text("from typing import TYPE_CHECKING\nfrom qsdk.lazyimport import lazy_module\n"
+                      "if TYPE_CHECKING:\n    import pyarrow as pa\nelse:\n    pa = lazy_module('pyarrow')\n")
+    assert "pyarrow" in static_imports(module, "m")

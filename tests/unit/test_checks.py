@@ -108,6 +108,28 @@ def test_a_bad_check_is_a_registry_error_naming_table_and_check(declared, says):
     assert "silver.prices" in str(err.value) and says in str(err.value)
 
 
+def test_the_expensive_validation_runs_once_per_declaration_and_never_remembers_a_failure(
+        tmp_path, monkeypatch):
+    """Binding SQL and loading calendars is remembered per declaration, so a registry load of an
+    unchanged project imports neither DuckDB nor exchange_calendars; any change validates again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls: list[str] = []
+    real = checks._validate_sql
+    monkeypatch.setattr(checks, "_validate_sql", lambda t, c, ch: (calls.append(t), real(t, c, ch)))
+    checks.parse_checks("silver.prices", COLUMNS, DECLARED)
+    checks.parse_checks("silver.prices", COLUMNS, DECLARED)
+    assert calls == ["silver.prices"]  # the second load found the marker
+    assert len(list((tmp_path / "qsdk" / "validated-checks").iterdir())) == 1
+    changed = [*DECLARED[:4], {"expression": "low <= high", "name": "ohlc_consistent"}]
+    checks.parse_checks("silver.prices", COLUMNS, changed)
+    assert calls == ["silver.prices"] * 2  # a changed expression is bound again
+    broken = [{"expression": "lowest <= high", "name": "typo"}]
+    for _ in range(2):  # a failure is not remembered: it fails on every load
+        with pytest.raises(RegistryError, match="invalid SQL"):
+            checks.parse_checks("silver.prices", COLUMNS, broken)
+    assert len(list((tmp_path / "qsdk" / "validated-checks").iterdir())) == 2
+
+
 def test_checks_are_part_of_the_contract_dict_and_survive_the_round_trip():
     spec = _spec()
     again = TableSpec.from_dict(spec.to_dict())

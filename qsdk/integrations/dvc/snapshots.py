@@ -31,10 +31,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from qsdk import names as qnames
@@ -48,7 +46,15 @@ from qsdk.errors import (
 from qsdk.integrations.dvc import command as dvc
 from qsdk.lakehouse.tables import Lakehouse
 from qsdk.lakehouse.types import TYPES
+from qsdk.lazyimport import lazy_module
 from qsdk.model.registry import Registry
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+else:
+    pa = lazy_module("pyarrow")
+    pq = lazy_module("pyarrow.parquet")
 
 SNAPSHOT_DIR = "snapshots"
 MANIFEST = "manifest.json"
