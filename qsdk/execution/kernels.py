@@ -180,16 +180,26 @@ class KernelPool:
 
         ``cwd``: run the notebook there (papermill's convention: the notebook's folder).
         """
+        stalled = 0
         while True:
             with self._lock:
                 if self._closed:
                     raise KernelPoolError("the kernel pool is closed")
                 spare = self._spares.popleft() if self._spares else self._start_one()
                 self._top_up_locked()
+            wait = timeout if timeout is not None else self._stall_limit()
             try:
-                km = spare.result(timeout=timeout)
+                km = spare.result(timeout=wait)
             except concurrent.futures.TimeoutError:
-                raise KernelPoolError(f"no kernel was ready within {timeout} s") from None
+                if timeout is not None or stalled >= 1:
+                    raise KernelPoolError(
+                        f"no {self.kernel_name!r} kernel was ready within {wait:.0f} s (tried "
+                        f"{stalled + 1} time(s)); is the machine overloaded or out of memory? "
+                        f"raise startup_timeout (now {self.startup_timeout} s) if kernels are slow "
+                        "to start here") from None
+                stalled += 1
+                self._replace_loop()
+                continue
             if km.is_alive_now():
                 break
             self._submit_shutdown(km)  # died while waiting (killed): take the next one
@@ -281,6 +291,30 @@ class KernelPool:
         self.close()
 
     # ------------------------------------------------------------ internals
+    def _stall_limit(self) -> float:
+        """How long :meth:`acquire` waits for a start before calling the pool's thread stuck:
+        the start's own deadline (``startup_timeout``) for the kernel, again for its preload,
+        and a margin. Seen under heavy load: a start blocked inside a ZeroMQ send on the pool's
+        thread, where jupyter_client's own timeout can never fire."""
+        return 2 * self.startup_timeout + 30.0
+
+    def _replace_loop(self) -> None:
+        """Give up on the pool's event loop (a start is stuck on its thread) for a fresh one.
+
+        The stuck thread is a daemon and holds nothing qsdk waits for; the spares it was
+        starting are dropped, and their kernel processes killed where they are known."""
+        with self._lock:
+            spares, self._spares = list(self._spares), collections.deque()
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, name="qsdk-kernel-pool", daemon=True)
+            self._thread.start()
+            self._top_up_locked()
+        for spare in spares:
+            if spare.done() and spare.exception() is None:
+                _kill(spare.result(), threading.Event())
+            else:
+                spare.cancel()
+
     def _top_up(self) -> None:
         with self._lock:
             self._top_up_locked()

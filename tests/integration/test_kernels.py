@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from qsdk.execution.context import StageContext
 from qsdk.execution.executors.local import LocalExecutor
-from qsdk.execution.kernels import KernelPool
+from qsdk.execution.kernels import KernelPool, KernelPoolError
 from qsdk.execution.task import Task, run_task
 from tests.conftest import write_notebook
 
@@ -76,6 +77,45 @@ def test_a_spare_that_died_is_replaced(tmp_path, probe):
         assert result.status == "succeeded", result.error
         assert _printed(result.notebook)["pid"] != victim
         assert _printed(result.notebook)["cwd"] == str(probe.parent)  # moved from the pool's cwd
+
+
+def _stuck_starts(monkeypatch, how_many: int) -> threading.Event:
+    """The pool's first ``how_many`` kernel starts block its event-loop thread (as a ZeroMQ send
+    that never returns does, seen under heavy load) until the returned event is set."""
+    release, real, calls = threading.Event(), KernelPool._start, []
+
+    async def start(self, preload=()):
+        calls.append(1)
+        if len(calls) <= how_many:
+            release.wait(120)  # synchronously: the loop's thread is stuck, not just this coroutine
+        return await real(self, preload)
+
+    monkeypatch.setattr(KernelPool, "_start", start)
+    monkeypatch.setattr(KernelPool, "_stall_limit", lambda self: 3.0)
+    return release
+
+
+def test_a_start_stuck_on_the_pools_thread_is_abandoned_for_a_fresh_thread(tmp_path, probe, monkeypatch):
+    release = _stuck_starts(monkeypatch, 1)
+    try:
+        with KernelPool(0, cwd=tmp_path) as pool:
+            stuck = pool._thread
+            result = pool.run_task(_task(tmp_path, probe, "after_stall", value=4))
+            assert result.status == "succeeded", result.error
+            assert pool._thread is not stuck and stuck.is_alive()  # a fresh thread ran it
+    finally:
+        release.set()
+
+
+def test_a_pool_whose_starts_keep_stalling_fails_with_a_clear_error_not_a_hang(tmp_path, monkeypatch):
+    release = _stuck_starts(monkeypatch, 2)
+    try:
+        with KernelPool(0, cwd=tmp_path) as pool, pytest.raises(KernelPoolError) as err:
+            pool.acquire()
+        assert "no 'python3' kernel was ready within 3 s (tried 2 time(s))" in str(err.value)
+        assert "raise startup_timeout" in str(err.value)
+    finally:
+        release.set()
 
 
 WARM_PROBE = """import json, os, sys
