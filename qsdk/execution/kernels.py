@@ -340,6 +340,10 @@ class KernelPool:
             if preload:
                 await self._execute(km, _preload_code(preload), what="warm the kernel's imports")
             km.prepare_client()
+            if asyncio.get_running_loop() is not self._loop:
+                # this start stalled and the pool moved on (_replace_loop): nobody will take
+                # this kernel, and a manager dropped with open sockets blocks ZeroMQ's cleanup
+                raise KernelPoolError("the pool gave up on this start after it stalled")
         except Exception as exc:
             if km.has_kernel:
                 await self._shutdown(km)

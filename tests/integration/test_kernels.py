@@ -103,6 +103,16 @@ def test_a_start_stuck_on_the_pools_thread_is_abandoned_for_a_fresh_thread(tmp_p
             result = pool.run_task(_task(tmp_path, probe, "after_stall", value=4))
             assert result.status == "succeeded", result.error
             assert pool._thread is not stuck and stuck.is_alive()  # a fresh thread ran it
+            kernels = {p.pid for p in psutil.Process().children(recursive=True)}
+            release.set()  # the stalled start now completes on the old thread, which shuts its kernel down
+            stuck.join(timeout=0.1)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and {p.pid for p in psutil.Process().children(recursive=True)
+                                                   if p.status() != psutil.STATUS_ZOMBIE} - kernels:
+                time.sleep(0.5)
+            late = {p.pid for p in psutil.Process().children(recursive=True)
+                    if p.status() != psutil.STATUS_ZOMBIE} - kernels
+            assert not late  # no kernel left running by the abandoned start
     finally:
         release.set()
 
