@@ -23,8 +23,7 @@ from qsdk.errors import (
 if TYPE_CHECKING:
     from qsdk.integrations.mlflow import log_figure, log_metric
     from qsdk.lakehouse.loader import DataLoader, between, write_table
-    from qsdk.lakehouse.sandbox import promote
-    from qsdk.sdk import QuantSDK
+    from qsdk.sdk import QuantSDK, promote
 
 __version__ = "0.1.0"
 
@@ -33,7 +32,7 @@ _LAZY = {
     "DataLoader": ("qsdk.lakehouse.loader", "DataLoader"),
     "write_table": ("qsdk.lakehouse.loader", "write_table"),
     "between": ("qsdk.lakehouse.loader", "between"),
-    "promote": ("qsdk.lakehouse.sandbox", "promote"),
+    "promote": ("qsdk.sdk", "promote"),
     "log_metric": ("qsdk.integrations.mlflow", "log_metric"),
     "log_figure": ("qsdk.integrations.mlflow", "log_figure"),
 }

@@ -186,7 +186,7 @@ class QsdkMagics(Magics):
         return pd.DataFrame(rows, columns=["flow", "stages", "parameters", "description"])
 
     def _promote(self, args: argparse.Namespace) -> None:
-        version = sandbox.promote(args.table, mode=args.mode)
+        version = _sdk().promote(args.table, mode=args.mode)
         print(f"qsdk: promoted sandbox table {args.table!r} to production version {version}")
 
     # ------------------------------------------------------------ SQL

@@ -15,7 +15,7 @@ from qsdk.execution.hooks import Hook
 from qsdk.execution.scheduling import RunResult, run_flow
 from qsdk.history import RunSummary
 from qsdk.lakehouse.loader import DataLoader
-from qsdk.lakehouse.tables import Lakehouse, TableInfo
+from qsdk.lakehouse.tables import Lakehouse, TableInfo, WriteMode
 from qsdk.model.registry import Problem, Registry
 
 if TYPE_CHECKING:
@@ -235,6 +235,15 @@ class QuantSDK:
                     "qsdk.restored_by": user_name(), "qsdk.restore_reason": reason or "qsdk restore"}
         return lake.restore(table, version, metadata=metadata)
 
+    def promote(self, table: str, *, mode: WriteMode = "append", predicate: str | None = None,
+                version: int | None = None, user: str | None = None) -> int:
+        """Copy the sandbox table ``table`` into production through its registry contract and
+        checks (:func:`qsdk.lakehouse.sandbox.promote`); the production version written."""
+        from qsdk.lakehouse import sandbox
+
+        return sandbox.promote(table, lakehouse_root=self.config.lakehouse_root, specs=self.registry.tables,
+                               mode=mode, predicate=predicate, version=version, user=user)
+
     def loader(self) -> DataLoader:
         """An unrestricted reader over the whole lakehouse (exploration, not stages)."""
         from qsdk.execution.context import new_context
@@ -242,3 +251,9 @@ class QuantSDK:
         ctx = new_context(self.registry, run_id="interactive", stage="<explore>",
                           lakehouse_root=self.config.lakehouse_root, inputs=list(self.registry.tables), outputs=[])
         return DataLoader(context=ctx)
+
+
+def promote(table: str, *, mode: WriteMode = "append", predicate: str | None = None,
+            version: int | None = None, user: str | None = None) -> int:
+    """``qsdk.promote(table)``: :meth:`QuantSDK.promote` for the project at or above the current folder."""
+    return QuantSDK().promote(table, mode=mode, predicate=predicate, version=version, user=user)

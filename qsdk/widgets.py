@@ -185,7 +185,7 @@ class Launcher(W.VBox):
             self.flow.resolve(params)
         except QsdkError as exc:
             text = f"<span style='color:{_COLORS['failed']}'>{html.escape(str(exc))}</span>"
-            target = self.messages.get(getattr(exc, "parameter", None) or "")
+            target = self.messages.get(exc.fields.get("parameter") or "")
             (target or self.validation).value = text
             return None
         return params

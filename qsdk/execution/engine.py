@@ -18,7 +18,7 @@ from papermill.engines import NBClientEngine, papermill_engines
 from papermill.utils import merge_kwargs, remove_args
 from traitlets import Dict, Unicode
 
-from qsdk.errors import StageFailed
+from qsdk.errors import KernelBootstrapError
 from qsdk.execution import inkernel
 
 ENGINE_NAME = "qsdk"
@@ -50,7 +50,7 @@ class _QsdkClient(PapermillNotebookClient):
         reply = self.wait_for_reply(msg_id)
         if not reply or reply["content"].get("status") != "ok":
             evalue = (reply or {}).get("content", {}).get("evalue", "no reply")
-            raise StageFailed(f"kernel bootstrap failed: {what} ({evalue})", reason="bootstrap")
+            raise KernelBootstrapError(f"kernel bootstrap failed: {what} ({evalue})")
 
 
 class QsdkEngine(NBClientEngine):

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 def start() -> None:
     from qsdk import codedeps
-    from qsdk.execution import context as runtime
     from qsdk.lakehouse import guard
+    from qsdk.lakehouse import stagecontext as runtime
 
     guard.install(runtime.current())  # before the recorder: its imports are not the notebook's
     codedeps.start_recording()
@@ -25,7 +25,7 @@ def finish() -> None:
     from qsdk import codedeps
 
     codedeps.stop_recording()  # this function's own imports are not the notebook's
-    from qsdk.execution import context as runtime
+    from qsdk.lakehouse import stagecontext as runtime
 
     ctx = runtime.current()
     if ctx is not None and ctx.staging_dir:

@@ -41,7 +41,7 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.session import new_id
 
-from qsdk.errors import QsdkError, StageFailed
+from qsdk.errors import KernelPoolError
 
 if TYPE_CHECKING:
     from qsdk.execution.task import Task, TaskResult
@@ -53,10 +53,6 @@ KERNEL_ARGUMENTS = ("--HistoryManager.hist_file=:memory:", "--IPKernelApp.log_le
 # How long the whole notebook may run past the stage timeout (papermill's per-cell limit)
 # before the kernel is killed: time for the commit and for papermill to report a cell timeout.
 WALL_CLOCK_GRACE = 5.0
-
-
-class KernelPoolError(QsdkError):
-    """The pool could not start a kernel, or was used after :meth:`KernelPool.close`."""
 
 
 class _PooledClient(AsyncKernelClient):
@@ -254,15 +250,12 @@ class KernelPool:
                 timer.cancel()
             self.release(km)
         if killed.is_set() and result.status == "failed" and result.error is not None \
-                and result.error.fields.get("reason") == "kernel_died":
+                and result.error.reason == "kernel_died":
             limit = task.timeout + grace  # type: ignore[operator]
-            result.error = StageFailed(
-                f"stage {task.key} failed: the notebook ran longer than the stage timeout of "
-                f"{task.timeout} s (+{grace} s grace) and its kernel was stopped; raise `timeout:` "
-                f"in the stage's registry entry or shorten the notebook (executed notebook: "
-                f"{task.output_notebook})",
-                stage=task.stage, partition=task.partition, notebook=task.output_notebook,
-                cell_index=None, ename="WallClockTimeout", evalue=f"{limit} s", reason="timeout",
+            result.error = task.failure(
+                f"the notebook ran longer than the stage timeout of {task.timeout} s (+{grace} s grace) "
+                "and its kernel was stopped; raise `timeout:` in the stage's registry entry or shorten "
+                "the notebook", reason="timeout", ename="WallClockTimeout", evalue=f"{limit} s",
             )
         return result
 

@@ -338,10 +338,9 @@ def _result_of(future: Future[TaskResult], task: Task) -> TaskResult:
     try:
         return future.result()
     except Exception as exc:  # the executor itself failed (e.g. retries of a dead worker exhausted)
-        error = exc if isinstance(exc, StageFailed) else StageFailed(
-            f"stage {task.key} failed in the executor: {type(exc).__name__}: {exc}",
-            stage=task.stage, partition=task.partition, notebook=task.output_notebook,
-            cell_index=None, ename=type(exc).__name__, evalue=str(exc), reason="executor",
+        error = exc if isinstance(exc, StageFailed) else task.failure(
+            f"the executor failed: {type(exc).__name__}: {exc}", reason="executor",
+            ename=type(exc).__name__, evalue=str(exc),
         )
         return TaskResult(task.stage, task.partition, "failed", task.output_notebook, error=error,
                           parameters=dict(task.parameters))

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 from qsdk import names as qnames
-from qsdk.errors import QsdkError, StageFailed
+from qsdk.errors import FailureReason, KernelBootstrapError, QsdkError, StageFailed
 from qsdk.execution.context import ENV_CONTEXT, StageContext
 from qsdk.lakehouse import guard, staging
 from qsdk.lakehouse.contract import TableSpec
@@ -52,6 +52,11 @@ class Task:
     @property
     def staging_dir(self) -> Path:
         return Path(self.context.staging_dir or "")
+
+    def failure(self, detail: str, *, reason: FailureReason = "error", **fields: Any) -> StageFailed:
+        """This task's :class:`StageFailed` (every executor builds its failures here)."""
+        return StageFailed(detail, stage=self.stage, partition=self.partition, notebook=self.output_notebook,
+                           reason=reason, **fields)
 
 
 @dataclass
@@ -205,6 +210,8 @@ def _papermill(task: Task, context_path: Path, km: Any) -> None:
     except DeadKernelError as exc:
         raise _failed(task, "the kernel died (killed, out of memory, or crashed)",
                       reason="kernel_died", ename="DeadKernelError", evalue=_first_line(str(exc))) from None
+    except KernelBootstrapError as exc:
+        raise _failed(task, str(exc), reason="bootstrap", ename=type(exc).__name__, evalue=str(exc)) from None
     except RuntimeError as exc:  # e.g. "Kernel died before replying to kernel_info"
         raise _failed(task, f"the kernel failed: {_first_line(str(exc))}", reason="kernel_died",
                       ename=type(exc).__name__, evalue=str(exc)) from None
@@ -252,14 +259,14 @@ def _check_direct_reads(task: Task, *, then: StageFailed | None = None) -> None:
     if table and table not in task.context.allowed_reads:
         fix += f" after adding {table!r} to the stage's inputs: in pipelines/"
     more = f" (and {len(paths) - 1} more path(s))" if len(paths) > 1 else ""
-    also = _also(then) if then is not None and then.fields.get("ename") != "DirectReadError" else ""
+    also = _also(then) if then is not None and then.ename != "DirectReadError" else ""
     raise _failed(
         task,
         f"the notebook read {first['path']} directly ({first['how']}){more}, around its contract "
         f"and unrecorded for lineage and the cache: {fix}; the stage's own writes were not committed{also}",
         reason="direct_read", ename="DirectLakehouseRead", evalue="\n".join(paths),
         tables=sorted({r["table"] for r in reads if r.get("table")}),
-        cell_index=then.fields.get("cell_index") if then else None,
+        cell_index=then.cell_index if then else None,
     )
 
 
@@ -297,8 +304,7 @@ def _lake_files(task: Task) -> dict[str, tuple[int, int]]:
 
 def _also(then: StageFailed) -> str:
     """The notebook's own failure, after what it did around qsdk."""
-    f = then.fields
-    return f" (the notebook then failed too, reason {f.get('reason')}: {f.get('ename')}: {_first_line(f.get('evalue'))})"
+    return f" (the notebook then failed too, reason {then.reason}: {then.ename}: {_first_line(then.evalue)})"
 
 
 def _check_direct_writes(task: Task, before: dict[str, tuple[int, int]], *,
@@ -445,15 +451,8 @@ def _commit(task: Task) -> dict[str, int]:
     return staging.commit_staged(task.staging_dir, lakehouse, app_prefix=app_prefix, metadata=metadata)
 
 
-def _failed(task: Task, detail: str, **fields: Any) -> StageFailed:
-    where = task.key
-    return StageFailed(
-        f"stage {where} failed: {detail} (executed notebook: {task.output_notebook})",
-        stage=task.stage,
-        partition=task.partition,
-        notebook=task.output_notebook,
-        **{"cell_index": None, "ename": None, "evalue": None, "reason": "error", **fields},
-    )
+def _failed(task: Task, detail: str, *, reason: FailureReason = "error", **fields: Any) -> StageFailed:
+    return task.failure(detail, reason=reason, **fields)
 
 
 def _first_line(text: str | None) -> str:

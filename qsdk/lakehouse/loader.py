@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from qsdk import names as qnames
 from qsdk.errors import ContractViolation
-from qsdk.execution import context as runtime
+from qsdk.lakehouse import stagecontext as runtime
 from qsdk.lakehouse import staging
 from qsdk.lakehouse.contract import TableSpec, conform, validate_table_name
+from qsdk.lakehouse.featureviews import FeatureView, resolve
 from qsdk.lakehouse.tables import Filters, Lakehouse, WriteMode
 from qsdk.lazyimport import lazy_module
 
@@ -42,20 +43,23 @@ class WriteReceipt:
 
 
 def _lakehouse(context: runtime.StageContext | None) -> Lakehouse:
+    """The stage's lakehouse with its tables' contracts; without a stage, the project's
+    lakehouse for reading (reads need no contract; writes need a stage)."""
     if context is not None:
         specs = {n: TableSpec.from_dict(s) for n, s in context.tables.items()}
         return Lakehouse(context.lakehouse_root, specs)
     from qsdk.config import Config
-    from qsdk.model.registry import Registry
 
-    config = Config.load()
-    return Lakehouse(config.lakehouse_root, Registry.load(config).tables)
+    return Lakehouse(Config.load().lakehouse_root)
 
 
 class DataLoader:
     """Read lakehouse tables as pandas (``read``) or Arrow (``read_arrow``).
 
     Outside a stage (plain JupyterLab) any table may be read; inside one, only declared tables.
+    Everything it knows of the project comes from the stage context (contracts, feature views):
+    it never loads the registry. ``QuantSDK().loader()`` gives one over the whole lakehouse
+    with the registry's feature views.
     """
 
     def __init__(self, *, context: runtime.StageContext | None = None) -> None:
@@ -104,15 +108,13 @@ class DataLoader:
         """Like :meth:`read_arrow`, as a pandas DataFrame."""
         return self.read_arrow(table, **kwargs).to_pandas()
 
-    def _feature_views(self) -> dict[str, Any]:
-        from qsdk.model.featurestore import FeatureView
-
-        if self.context is not None:  # a stage's own views: no registry load in the kernel
-            return {n: FeatureView.from_dict(d) for n, d in self.context.features.items()}
-        from qsdk.config import Config
-        from qsdk.model.registry import Registry
-
-        return dict(Registry.load(Config.load()).features)
+    def _feature_views(self) -> dict[str, FeatureView]:
+        if self.context is None:
+            raise ContractViolation(
+                "training_set outside a stage has no feature views: use QuantSDK().loader().training_set"
+                "(...) (it carries the registry's views), or pass views=QuantSDK().registry.features"
+            )
+        return {n: FeatureView.from_dict(d) for n, d in self.context.features.items()}
 
     def training_set(self, entity_df: Any, features: Sequence[str] | str, *, timestamp: str = "timestamp",
                      views: Any = None) -> Any:
@@ -125,16 +127,15 @@ class DataLoader:
         there is none. Reads only the views' tables, through the stage's contract (each must be
         a declared input), and only the rows and columns the join can use. The returned
         ``timestamp`` column is in UTC (tz-naive input is taken as UTC).
-        ``views``: a ``{name: FeatureView}`` mapping instead of the stage context's views (the
-        registry's, outside a stage).
+        ``views``: a ``{name: FeatureView}`` mapping instead of the stage context's views
+        (needed outside a stage, unless the loader came from ``QuantSDK().loader()``).
         """
         import pandas as pd
 
-        from qsdk.model import featurestore
         from qsdk.quant.pit import point_in_time_join
 
         views = self._feature_views() if views is None else views
-        plan = featurestore.resolve(features, views)
+        plan = resolve(features, views)
         needed = sorted({timestamp, *(view.entity for view, _ in plan)})
         missing = [c for c in needed if c not in entity_df.columns]
         if missing:

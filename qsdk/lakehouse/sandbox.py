@@ -13,12 +13,14 @@ from __future__ import annotations
 import getpass
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from qsdk import names as qnames
-from qsdk.config import Config
 from qsdk.errors import ConfigError, LakehouseError
+from qsdk.lakehouse.contract import TableSpec
+from qsdk.lakehouse.stagecontext import StageContext
 from qsdk.lakehouse.tables import Lakehouse, WriteMode
 
 ENV_USER = "QSDK_USER"
@@ -50,26 +52,25 @@ def sandbox_root(lakehouse_root: str | Path, user: str | None = None) -> Path:
 def promote(
     table: str,
     *,
+    lakehouse_root: str | Path,
+    specs: Mapping[str, TableSpec],
     mode: WriteMode = "append",
     predicate: str | None = None,
     version: int | None = None,
     user: str | None = None,
-    config: Config | None = None,
 ) -> int:
-    """Copy sandbox ``table`` (its latest version, or ``version``) into the production table.
+    """Copy sandbox ``table`` (its latest version, or ``version``) into the production table
+    under ``lakehouse_root``, whose contracts are ``specs`` (``QuantSDK.promote`` passes the
+    registry's; ``qsdk.promote`` is that method).
 
     The rows go through :meth:`Lakehouse.write` exactly like a stage's commit: the registry's
     contract (columns, types, primary key for ``append``/``merge``) is checked, and ``mode`` /
     ``predicate`` mean the same. Returns the production version written; the commit metadata
     records the sandbox it came from.
     """
-    from qsdk.model.registry import Registry
-
-    config = config or Config.load()
-    specs = Registry.load(config).tables
-    production = Lakehouse(config.lakehouse_root, specs)
+    production = Lakehouse(lakehouse_root, specs)
     production.spec(table)  # an undeclared table is refused before anything is read
-    sandbox = Lakehouse(sandbox_root(config.lakehouse_root, user), specs)
+    sandbox = Lakehouse(sandbox_root(lakehouse_root, user), specs)
     if not sandbox.exists(table):
         raise LakehouseError(
             f"sandbox of {user_name(user)!r} has no table {table!r} (looked in {sandbox.path(table)}): "
@@ -109,12 +110,10 @@ def _enforce_checks(lake: Lakehouse, table: str, data: Any, *, mode: WriteMode, 
     return rows
 
 
-def write_interactive(context: Any, table: str, data: Any, *, mode: WriteMode,
+def write_interactive(context: StageContext, table: str, data: Any, *, mode: WriteMode,
                       predicate: str | None) -> int:
     """``write_table`` in an interactive session (``context.extra["interactive"]``): commit to the
     user's sandbox; later reads of ``table`` in this session see the sandbox table."""
-    from qsdk.lakehouse.contract import TableSpec
-
     root = Path(context.extra.get("sandbox") or sandbox_root(context.lakehouse_root, context.extra.get("user")))
     specs = {n: TableSpec.from_dict(s) for n, s in context.tables.items()}
     lake = Lakehouse(root, specs)

@@ -33,7 +33,7 @@ from typing import Any
 import ray
 import ray.exceptions as rex
 
-from qsdk.errors import ConfigError, StageFailed
+from qsdk.errors import ConfigError, FailureReason
 from qsdk.execution.executors.base import Executor
 from qsdk.execution.kernels import WALL_CLOCK_GRACE, KernelPool
 from qsdk.execution.task import Task, TaskResult
@@ -217,9 +217,8 @@ def _result_of(done: Future[TaskResult], task: Task) -> TaskResult:
                        reason="executor", ename=type(cause).__name__, evalue=_first_line(cause))
 
 
-def _failed(task: Task, detail: str, **fields: Any) -> TaskResult:
-    error = StageFailed(f"stage {task.key} failed: {detail}", stage=task.stage, partition=task.partition,
-                        notebook=task.output_notebook, cell_index=None, **fields)
+def _failed(task: Task, detail: str, *, reason: FailureReason, **fields: Any) -> TaskResult:
+    error = task.failure(detail, reason=reason, **fields)
     return TaskResult(task.stage, task.partition, "failed", task.output_notebook, error=error,
                       parameters=dict(task.parameters))
 
