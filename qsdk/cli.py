@@ -327,12 +327,14 @@ def _show(args: argparse.Namespace) -> int:
         "flow": flow.name,
         "description": flow.description,
         "order": flow.order(),
+        "parameters": [p.to_dict() for p in flow.parameters()],
         "stages": {s.name: {**s.describe(), "after": sorted(deps[s.name])} for s in flow.stages},
     }
     if args.json:
         print(json.dumps(info, default=str))
         return 0
     print(f"flow {flow.name}: {flow.description}")
+    print("  takes: " + (", ".join(_flow_param(p) for p in info["parameters"]) or "-"))
     for name in info["order"]:
         _print_stage(info["stages"][name])
     return 0
@@ -361,6 +363,11 @@ def _picture(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _flow_param(p: dict[str, Any]) -> str:
+    """``-p`` NAME: TYPE [= default] for ``qsdk show``."""
+    return f"{p['name']}: {p['type']}" + ("" if p["required"] or p["default"] is None else f" = {p['default']!r}")
 
 
 def _print_stage(stage: dict[str, Any]) -> None:

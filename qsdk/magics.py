@@ -180,7 +180,7 @@ class QsdkMagics(Magics):
 
         registry = _sdk().registry
         rows = [{"flow": flow.name, "stages": " -> ".join(flow.order()),
-                 "parameters": ", ".join(sorted(flow.parameter_names() | {b.name for b in flow.bindings})),
+                 "parameters": ", ".join(p.name for p in flow.parameters()),
                  "description": flow.description}
                 for flow in registry.flows.values()]
         return pd.DataFrame(rows, columns=["flow", "stages", "parameters", "description"])

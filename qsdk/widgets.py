@@ -32,7 +32,7 @@ from qsdk.execution.hooks import Hook
 if TYPE_CHECKING:
     from qsdk.execution.scheduling import RunResult
     from qsdk.graph import FlowGraph
-    from qsdk.model.flow import Flow
+    from qsdk.model.flow import Flow, FlowParameter
     from qsdk.sdk import QuantSDK
 
 _WIDE = {"description_width": "130px"}
@@ -122,34 +122,36 @@ class Launcher(W.VBox):
             return
         flow = self.flow
         rows = []
-        for name, spec, initial in _parameters(flow):
-            widget = _field(name, spec, initial)
+        parameters = flow.parameters()
+        for param in parameters:
+            name = param.name
+            widget = _field(param)
             widget.add_class(f"qsdk-param-{name}")
             widget.observe(lambda _: self.validate(), names="value")
             self.fields[name] = widget
-            self._kinds[name] = spec["kind"]
+            self._kinds[name] = param.kind
             self.messages[name] = W.HTML()
             self.messages[name].add_class(f"qsdk-message-{name}")
-            hint = html.escape(f"{spec['type']}" + (f": {spec['help']}" if spec.get("help") else ""))
+            hint = html.escape(param.type + (f": {param.help}" if param.help else ""))
             rows.append(W.HBox([widget, W.HTML(f"<span style='color:#757575'>{hint}</span>"),
                                 self.messages[name]]))
         self.form.children = rows
         self.flow_help.value = f"<i>{html.escape(flow.description)}</i>"
         self._initial = {n: self._value(n) for n in self.fields}
-        self._link_choices(_parameters(flow))
+        self._link_choices(parameters)
         self._show_plan({})
         self._load_graph()
         self.validate()
 
-    def _link_choices(self, params: list[tuple[str, dict[str, Any], Any]]) -> None:
+    def _link_choices(self, params: list[FlowParameter]) -> None:
         """Grey out a ``CHOICE only:`` parameter while its choice is not selected."""
-        choices = {name: spec["choices"] for name, spec, _ in params if spec.get("choices")}
+        choices = {p.name: p.choices for p in params if p.choices}
         self._only = {}
-        for name, spec, _ in params:
-            match = _ONLY.match(spec.get("help") or "")
+        for p in params:
+            match = _ONLY.match(p.help)
             owner = next((c for c, options in choices.items() if match and match.group(1) in options), None)
-            if match and owner and owner != name:
-                self._only[name] = (owner, match.group(1))
+            if match and owner and owner != p.name:
+                self._only[p.name] = (owner, match.group(1))
         for owner in {o for o, _ in self._only.values()}:
             self.fields[owner].observe(lambda _: self._grey_out(), names="value")
         self._grey_out()
@@ -353,36 +355,9 @@ def _stage_state(states: Iterable[str]) -> str:
     return "running"  # some running, or some done and some still to come
 
 
-def _parameters(flow: Flow) -> list[tuple[str, dict[str, Any], Any]]:
-    """(name, ParamSpec.to_dict(), displayed default) for each parameter the flow takes.
-
-    A parameter shared by several stages appears once (``-p name=`` sets it for all). A flow
-    binding (e.g. ``date`` -> ``start`` and ``end``) replaces the parameters it sets.
-    """
-    bound = {t for b in flow.bindings for t in b.targets}
-    seen: dict[str, tuple[dict[str, Any], Any]] = {}
-    for stage_name in flow.order():
-        stage = flow.stage(stage_name)
-        for name, spec in stage.params.items():
-            if name in seen or name in bound:
-                continue
-            info = spec.to_dict()
-            seen[name] = (info, flow.defaults.get(name, stage.defaults.get(name, info["default"])))
-    out = []
-    for b in flow.bindings:
-        kinds = {flow.stage(s).params[t].type.kind for s in flow.stage_names for t in b.targets
-                 if t in flow.stage(s).params}
-        kind = kinds.pop() if len(kinds) == 1 else "str"
-        help_ = f"sets {', '.join(b.targets)}" + (f"; a {b.session_calendar} session" if b.session_calendar else "")
-        info = {"name": b.name, "kind": kind, "type": kind, "choices": None, "required": b.required,
-                "default": None, "help": help_}
-        out.append((b.name, info, None))
-    return [*out, *((n, info, default) for n, (info, default) in seen.items())]
-
-
-def _field(name: str, spec: dict[str, Any], initial: Any) -> W.ValueWidget:
-    common: dict[str, Any] = {"description": name, "style": _WIDE}
-    kind, choices = spec["kind"], spec.get("choices")
+def _field(param: FlowParameter) -> W.ValueWidget:
+    common: dict[str, Any] = {"description": param.name, "style": _WIDE}
+    kind, choices, initial = param.kind, param.choices, param.default
     if choices:
         options = list(choices)
         return W.Dropdown(options=options, value=initial if initial in options else options[0], **common)
@@ -398,7 +373,7 @@ def _field(name: str, spec: dict[str, Any], initial: Any) -> W.ValueWidget:
     if kind == "list":
         text = ", ".join(str(v) for v in initial) if initial else ""
         return W.Text(value=text, placeholder="comma-separated", **common)
-    return W.Text(value="" if initial is None else str(initial), placeholder=spec.get("type", ""), **common)
+    return W.Text(value="" if initial is None else str(initial), placeholder=param.type, **common)
 
 
 def _links_html(result: RunResult) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import graphlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
-from typing import Any
+from typing import Any, Literal
 
 from qsdk.errors import FlowCycleError, ParameterError, UnknownNameError
 from qsdk.model.stage import Stage
@@ -71,6 +71,36 @@ def _check_session(flow: str, name: str, value: Any, calendar: str) -> None:
             f"({day:%A}); pass a session date ({near})",
             flow=flow, parameter=name, value=str(day), calendar=calendar,
         )
+
+
+@dataclass(frozen=True)
+class FlowParameter:
+    """One ``-p NAME=VALUE`` a flow takes, as the launcher, ``%qsdk flows``, ``qsdk show`` and
+    ``qsdk dvc sync`` present it.
+
+    A parameter several stages declare is one entry (``-p name=`` sets it for all of them); a
+    flow :class:`Binding` (``date`` -> ``start`` and ``end``) is one entry that replaces the
+    parameters it sets. ``default`` is what a run uses when the parameter is not given: the
+    flow's registry default, else the first stage's (in run order) registry default, else its
+    notebook default; ``default_from`` says which (``None``: required, or a binding).
+    """
+
+    name: str
+    kind: str  # ParamSpec kind: str, int, float, bool, date, list
+    type: str  # the type as the notebook declares it, e.g. "date" or "Literal['ok', 'fail']"
+    required: bool
+    default: Any = None
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    stages: tuple[str, ...] = ()  # the stages it sets (in run order)
+    sets: tuple[str, ...] = ()  # a binding: the stage parameters it sets
+    default_from: Literal["flow", "stage", "notebook"] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "type": self.type, "required": self.required,
+                "default": self.default, "help": self.help,
+                "choices": None if self.choices is None else list(self.choices),
+                "stages": list(self.stages), "sets": list(self.sets), "default_from": self.default_from}
 
 
 @dataclass(frozen=True)
@@ -144,7 +174,48 @@ class Flow:
                     self.bindings)
 
     def parameter_names(self) -> set[str]:
+        """The stage parameters of this flow (bound ones included): what ``-p name=`` may set."""
         return {p for s in self.stages for p in s.params}
+
+    def parameters(self) -> list[FlowParameter]:
+        """The parameters this flow takes: bindings first, then stage parameters in run order
+        (each once; those a binding sets left out). The one answer to "what does this flow
+        take", for every front-end and for ``qsdk dvc sync``."""
+        bound = {t for b in self.bindings for t in b.targets}
+        order = [self.stage(n) for n in self.order()]
+        out = [self._binding_parameter(b, order) for b in self.bindings]
+        seen: dict[str, FlowParameter] = {}
+        for stage in order:
+            for name, spec in stage.params.items():
+                if name in bound:
+                    continue
+                if name in seen:
+                    seen[name] = replace(seen[name], stages=(*seen[name].stages, stage.name))
+                    continue
+                info = spec.to_dict()
+                source: Literal["flow", "stage", "notebook"] | None
+                if name in self.defaults:
+                    default, source = self.defaults[name], "flow"
+                elif name in stage.defaults:
+                    default, source = stage.defaults[name], "stage"
+                else:
+                    default, source = info["default"], None if spec.required else "notebook"
+                seen[name] = FlowParameter(
+                    name=name, kind=info["kind"], type=info["type"], required=spec.required and source is None,
+                    default=default, help=info["help"] or "",
+                    choices=None if info["choices"] is None else tuple(info["choices"]),
+                    stages=(stage.name,), default_from=source)
+        return [*out, *seen.values()]
+
+    @staticmethod
+    def _binding_parameter(binding: Binding, stages: list[Stage]) -> FlowParameter:
+        kinds = {s.params[t].type.kind for s in stages for t in binding.targets if t in s.params}
+        kind = kinds.pop() if len(kinds) == 1 else "str"
+        help_ = f"sets {', '.join(binding.targets)}" + (
+            f"; a {binding.session_calendar} session" if binding.session_calendar else "")
+        return FlowParameter(name=binding.name, kind=kind, type=kind, required=binding.required, help=help_,
+                             stages=tuple(s.name for s in stages if set(binding.targets) & set(s.params)),
+                             sets=binding.targets)
 
     def resolve(self, params: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
         """Validated parameters per stage.

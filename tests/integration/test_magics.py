@@ -108,7 +108,7 @@ def session(env):
 def test_flows_and_tables_list_the_registry_and_lakehouse(session: Session) -> None:
     session.ok("%qsdk unstage")
     flows = session.json("f = %qsdk flows\nprint(f.to_json(orient='records'))")
-    assert flows == [{"flow": "daily", "stages": "returns", "parameters": "end, method, start, window",
+    assert flows == [{"flow": "daily", "stages": "returns", "parameters": "start, end, window, method",
                       "description": "returns from prices"}]
     tables = {t["name"]: t for t in session.json("t = %qsdk tables\nprint(t.to_json(orient='records'))")}
     assert tables["bronze.prices"]["version"] == 0 and tables["bronze.prices"]["rows"] == 5

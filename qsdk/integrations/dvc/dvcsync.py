@@ -104,9 +104,10 @@ def _stage_params(registry: Registry, stage: Stage, flow_name: str) -> list[tupl
             f"flow {flow_name!r} has a parameter named like its stage {stage.name!r}: params.yaml "
             "would nest both under one key; rename one of them"
         )
-    pairs = [(k, f"{flow_name}.{k}") for k in stage.params if k in flow.defaults]
+    from_flow = {p.name for p in flow.parameters() if p.default_from == "flow" and stage.name in p.stages}
+    pairs = [(k, f"{flow_name}.{k}") for k in stage.params if k in from_flow]
     pairs += [(f"{stage.name}.{k}", f"{flow_name}.{stage.name}.{k}")
-              for k in stage.params if k in stage.defaults and k not in flow.defaults]
+              for k in stage.params if k in stage.defaults and k not in from_flow]
     return pairs
 
 

@@ -33,7 +33,7 @@ def run_options(flow: Flow, params: Mapping[str, Any] | None) -> tuple[dict[str,
     params = dict(params or {})
     if SNAPSHOT_OPTION not in params:
         return params, None
-    if SNAPSHOT_OPTION in flow.parameter_names():
+    if any(p.name == SNAPSHOT_OPTION for p in flow.parameters()):
         owners = [s.name for s in flow.stages if SNAPSHOT_OPTION in s.params]
         raise ParameterError(
             f"stage(s) {owners} declare a parameter named {SNAPSHOT_OPTION!r}, which qsdk reserves for "

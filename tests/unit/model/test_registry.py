@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from qsdk.errors import FlowCycleError, ParameterError, RegistryError, UnknownNameError
@@ -194,3 +196,28 @@ def test_a_name_declared_in_two_files_is_broken_naming_both(project):
     with pytest.raises(RegistryError, match="flow 'f' is declared twice: in other.yaml and registry.yaml"):
         registry.flow("f")
     assert registry.stage("s").name == "s"
+
+
+def test_flow_parameters_are_one_list_every_front_end_shows():
+    """Flow.parameters(): the launcher's fields, %qsdk flows, `qsdk show` and dvc sync's
+    params.yaml keys all come from it."""
+    from qsdk.sdk import QuantSDK
+
+    registry = QuantSDK(Path(__file__).resolve().parents[3]).registry
+    daily = registry.flow("daily")
+    params = {p.name: p for p in daily.parameters()}
+    assert list(params)[0] == "date"  # the binding first, replacing what it sets
+    date = params["date"]
+    assert (date.kind, date.required, date.sets) == ("date", True, ("start", "end"))
+    assert "start" not in params and "end" not in params
+    source = params["source"]  # declared by several stages: one entry, all of them listed
+    assert source.choices == ("bokeh", "synthetic") and len(source.stages) >= 1
+    assert set(daily.parameter_names()) - {"start", "end"} == set(params) - {"date"}
+    for p in daily.parameters():
+        if p.default_from == "flow":
+            assert p.default == daily.defaults[p.name]
+        assert p.to_dict()["name"] == p.name
+    backfill = {p.name: p for p in registry.flow("backfill").parameters()}
+    assert backfill["start"].default_from in ("flow", "stage") and not backfill["start"].required
+    assert [p.name for p in registry.flow("backfill").parameters()] == [
+        p.name for p in registry.flow("backfill").parameters()]  # a stable order (run order)
