@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from qsdk.config import DEFAULT_EXECUTOR
 from qsdk.errors import FlowFailed, ParameterError, QsdkError
 
 
@@ -32,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("flow")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="a parameter for every stage that declares KEY, or STAGE.KEY=VALUE for one")
-    run.add_argument("--executor", default="ray",
-                     help="ray (default: partitions in parallel) or local (sequential, in this process)")
+    run.add_argument("--executor", default=DEFAULT_EXECUTOR,
+                     help=f"local (sequential, in this process) or ray (partitions in parallel); "
+                          f"default: {DEFAULT_EXECUTOR}")
     run.add_argument("--ray-address", metavar="ADDR",
                      help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
     run.add_argument("--only", action="append", default=[], metavar="STAGE", help="run only this stage")
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a qsdk run id (as `qsdk run` prints it; `qsdk runs` lists them), RUN_ID:STAGE, "
                             "RUN_ID:STAGE:PARTITION, or the MLflow run id of a flow, stage or partition run")
     repro.add_argument("--check", action="store_true", help="exit 1 when an output differs")
-    repro.add_argument("--executor", default="local", help="local (default) or ray")
+    repro.add_argument("--executor", default=DEFAULT_EXECUTOR, help=f"local or ray; default: {DEFAULT_EXECUTOR}")
     repro.add_argument("--json", action="store_true")
     _add_versioning(sub)
     return parser

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from qsdk import names as qnames
-from qsdk.config import Config
+from qsdk.config import DEFAULT_EXECUTOR, Config
 from qsdk.errors import QsdkError, UnknownNameError
 from qsdk.execution.executors import Executor
 from qsdk.execution.hooks import Hook
@@ -122,7 +122,7 @@ def reproduce(
     *,
     config: Config,
     registry: Registry | None = None,
-    executor: Executor | str = "local",
+    executor: Executor | str = DEFAULT_EXECUTOR,
     hooks: Sequence[Hook] = (),
     track: bool = True,
 ) -> ReproduceReport:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qsdk import names as qnames
-from qsdk.config import Config
+from qsdk.config import DEFAULT_EXECUTOR, Config
 from qsdk.errors import ParameterError
 from qsdk.execution.executors import Executor, get_executor
 from qsdk.execution.hooks import Hook
@@ -52,7 +52,7 @@ class QuantSDK:
         name: str,
         *,
         params: Mapping[str, Any] | None = None,
-        executor: Executor | str = "local",
+        executor: Executor | str = DEFAULT_EXECUTOR,
         ray_address: str | None = None,
         only: Sequence[str] = (),
         from_: Sequence[str] = (),
@@ -70,7 +70,8 @@ class QuantSDK:
         ``cache``: skip tasks whose code, parameters and inputs are unchanged since their last
         success; ``force``: re-run all stages (``True``) or the named ones regardless.
         ``executor``: ``"local"`` (sequential, in this process) or ``"ray"`` (partitions in
-        parallel on an embedded Ray, or on the cluster at ``ray_address`` / ``$RAY_ADDRESS``).
+        parallel on an embedded Ray, or on the cluster at ``ray_address`` / ``$RAY_ADDRESS``);
+        the default is :data:`qsdk.config.DEFAULT_EXECUTOR`, as for every front-end.
         ``params["snapshot"] = NAME`` is a run option: after a successful run, the flow's
         output tables are frozen into golden snapshot NAME (:mod:`qsdk.integrations.dvc`).
         """

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 
+from qsdk.config import DEFAULT_EXECUTOR
 from qsdk.errors import QsdkError
 from qsdk.execution.hooks import Hook
 
@@ -50,7 +51,7 @@ class Launcher(W.VBox):
     could not start; ``error`` then says why); :meth:`wait` blocks until a run has finished.
     """
 
-    def __init__(self, *, sdk: QuantSDK | None = None, flow: str | None = None, executor: str = "local",
+    def __init__(self, *, sdk: QuantSDK | None = None, flow: str | None = None, executor: str = DEFAULT_EXECUTOR,
                  track: bool = True) -> None:
         if sdk is None:
             from qsdk.sdk import QuantSDK

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qsdk.cache import Cache, CacheRecord, code_hash, params_hash
-from qsdk.config import Config
+from qsdk.config import DEFAULT_EXECUTOR, Config
 from qsdk.errors import FlowFailed
 from qsdk.execution import hooks as H
 from qsdk.execution.context import new_context
@@ -158,7 +158,7 @@ def run_flow(
     registry: Registry,
     config: Config,
     params: Mapping[str, Any] | None = None,
-    executor: Executor | str = "local",
+    executor: Executor | str = DEFAULT_EXECUTOR,
     hooks: Sequence[H.Hook] = (),
     run_id: str | None = None,
     pinned_versions: Mapping[str, int] | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from qsdk.config import DEFAULT_EXECUTOR
 from qsdk.errors import UnknownNameError
 from qsdk.execution.executors.base import Executor
 
@@ -51,4 +52,4 @@ def _ray_executor(**options: Any) -> Executor:
     return RayExecutor(**options)
 
 
-__all__ = ["Executor", "get_executor", "known_executors", "register"]
+__all__ = ["DEFAULT_EXECUTOR", "Executor", "get_executor", "known_executors", "register"]
