@@ -243,7 +243,9 @@ def _run(args: argparse.Namespace) -> int:
 
     sdk = _sdk(args)
     hooks = [] if args.json else [ConsoleProgress()]
-    result = sdk.run_pipeline(args.flow, params=_parse_params(args.param), executor=args.executor,
+    params = _parse_params(args.param)
+    snapshot = params.pop("snapshot", "").strip() or None  # -p snapshot=NAME: a run option, not a stage's
+    result = sdk.run_pipeline(args.flow, params=params, executor=args.executor, snapshot=snapshot,
                               ray_address=args.ray_address, only=args.only, from_=args.from_, hooks=hooks,
                               raise_on_failure=False,
                               cache=args.cache, force=True if "*" in args.force else args.force,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 from typing import Any
 
@@ -33,7 +32,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from qsdk.errors import ParameterError, SqlAccessDenied
+from qsdk.errors import ParameterError
 from qsdk.execution import context as runtime
 from qsdk.lakehouse import sandbox
 
@@ -116,39 +115,17 @@ class QsdkMagics(Magics):
             return
         if _in_flow_run(f"%qsdk stage {args.name}"):
             return
-        sdk = _sdk()
-        stage = sdk.registry.stage(args.name)
-        values = stage.resolve(_params(args.param))  # the same validation as a run
-        user = sandbox.user_name()
-        root = sandbox.sandbox_root(sdk.config.lakehouse_root, user)
-        from qsdk.lakehouse.tables import Lakehouse
-
-        mine = Lakehouse(root)
-        context = runtime.new_context(
-            sdk.registry,
-            run_id=f"interactive-{user}",
-            stage=stage.name,
-            lakehouse_root=sdk.config.lakehouse_root,
-            inputs=stage.inputs,
-            outputs=stage.outputs,
-            staging_dir=None,
-            # outputs already in the sandbox are read from there: the session sees its own writes
-            read_roots={t: str(root) for t in stage.outputs if mine.exists(t)},
-            extra={"interactive": True, "sandbox": str(root), "user": user},
-        )
-        runtime.activate(context)
-        self._shell.push(values)
-        shown = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "(none)"
-        print(f"qsdk: exploring stage {stage.name!r}: reads {', '.join(context.allowed_reads) or 'nothing'}; "
-              f"writes {', '.join(stage.outputs) or 'nothing'} to the sandbox {root}\n"
-              f"parameters: {shown}")
+        exploration = _sdk().explore(args.name, _params(args.param))
+        self._shell.push(exploration.parameters)
+        print(f"qsdk: {exploration.describe()}")
 
     def _unstage(self, args: argparse.Namespace) -> None:
         if _in_flow_run("%qsdk unstage"):
             return
-        ctx = runtime.current()
-        runtime.activate(None)
-        print(f"qsdk: left stage {ctx.stage!r}" if ctx else "qsdk: no active stage")
+        from qsdk.sdk import QuantSDK
+
+        left = QuantSDK.unexplore()
+        print(f"qsdk: left stage {left!r}" if left else "qsdk: no active stage")
 
     # ------------------------------------------------------------ reads
     def _read(self, args: argparse.Namespace):
@@ -191,60 +168,11 @@ class QsdkMagics(Magics):
 
     # ------------------------------------------------------------ SQL
     def sql(self, query: str):
-        """Run ``query`` with DuckDB over the lakehouse tables it names; a pandas frame.
-
-        The tables are read through :class:`~qsdk.DataLoader` (the active stage's contract
-        applies) and registered; then DuckDB's external access is switched off and its
-        configuration locked, so the query sees exactly those tables: file functions
-        (``read_parquet``, ``glob``, ...), ``COPY``, ``ATTACH``/``EXPORT`` to a path and
-        ``INSTALL``/``LOAD`` are refused with :class:`~qsdk.errors.SqlAccessDenied`.
-        """
-        import duckdb
-
-        from qsdk.lakehouse.loader import DataLoader
-
-        loader = DataLoader()
-        known = set(_sdk().registry.tables) | set(loader.lakehouse.list_tables())
-        con = duckdb.connect()
+        """:meth:`QuantSDK.sql <qsdk.sdk.QuantSDK.sql>` with ``$name`` bound from the namespace."""
         try:
-            for table in sorted(t for t in known if _mentions(query, t)):
-                data = loader.read_arrow(table)  # the active stage's contract applies here too
-                layer, name = table.split(".", 1)
-                flat = f"{layer}_{name}"
-                con.register(flat, data)
-                con.register(table, data)  # "layer.name"
-                con.execute(f'CREATE SCHEMA IF NOT EXISTS "{layer}"')
-                con.execute(f'CREATE OR REPLACE VIEW "{layer}"."{name}" AS SELECT * FROM "{flat}"')
-            con.execute("SET enable_external_access = false")  # no files, extensions, Python scans
-            con.execute("SET lock_configuration = true")  # ... and no SET to turn it back on
-            names = set(re.findall(r"(?<![\w$])\$([A-Za-z_]\w*)", query))
-            missing = sorted(n for n in names if n not in self._shell.user_ns)
-            if missing:
-                raise UsageError(f"SQL uses ${', $'.join(missing)} but no such variable is defined")
-            bound = {n: self._shell.user_ns[n] for n in names}
-            try:
-                return (con.execute(query, bound) if bound else con.execute(query)).df()
-            except (duckdb.PermissionException, duckdb.InvalidInputException) as exc:
-                if isinstance(exc, duckdb.InvalidInputException) and "configuration has been locked" not in str(exc):
-                    raise
-                raise _access_denied(exc) from exc
-        finally:
-            con.close()
-
-
-def _access_denied(exc: Exception) -> SqlAccessDenied:
-    detail = _first_line(str(exc))
-    return SqlAccessDenied(
-        "%%qsdk sql sees only the lakehouse tables the query names (as layer_name, layer.name or "
-        '"layer.name"): files, COPY, ATTACH/EXPORT to a path, INSTALL/LOAD and settings are off. '
-        "Name the table instead of its files; to write, put the frame (-o NAME) through "
-        f"qsdk.write_table. DuckDB said: {detail}",
-        detail=detail,
-    )
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
+            return _sdk().sql(query, self._shell.user_ns)
+        except ParameterError as exc:  # a $name the namespace lacks
+            raise UsageError(str(exc)) from None
 
 
 def _in_flow_run(what: str) -> bool:
@@ -257,12 +185,6 @@ def _in_flow_run(what: str) -> bool:
     print(f"qsdk: running as stage {ctx.stage!r} of run {ctx.run_id}: {what} leaves the run's "
           "parameters and contract in place")
     return True
-
-
-def _mentions(query: str, table: str) -> bool:
-    layer, name = table.split(".", 1)
-    pattern = rf'(?<![\w"]){layer}_{name}(?!\w)|(?<![\w"]){layer}\s*\.\s*{name}(?!\w)|"{layer}\.{name}"'
-    return re.search(pattern, query, flags=re.IGNORECASE) is not None
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -2,25 +2,73 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qsdk import names as qnames
 from qsdk.config import DEFAULT_EXECUTOR, Config
-from qsdk.errors import ParameterError
+from qsdk.errors import ParameterError, QsdkError, SqlAccessDenied
 from qsdk.execution.executors import Executor, get_executor
 from qsdk.execution.hooks import Hook
 from qsdk.execution.scheduling import RunResult, run_flow
 from qsdk.history import RunSummary
 from qsdk.lakehouse.loader import DataLoader
+from qsdk.lakehouse.stagecontext import StageContext
 from qsdk.lakehouse.tables import Lakehouse, TableInfo, WriteMode
 from qsdk.model.registry import Problem, Registry
 
 if TYPE_CHECKING:
     from qsdk.graph import FlowGraph
     from qsdk.migrate import ImportReport
+    from qsdk.model.flow import Flow
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """What :meth:`QuantSDK.explore` activated: the stage, its validated parameters, the context
+    and the sandbox its writes go to."""
+
+    stage: str
+    parameters: dict[str, Any]
+    context: StageContext
+    sandbox: Path
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.parameters.items()) or "(none)"
+        return (f"exploring stage {self.stage!r}: reads {', '.join(self.context.allowed_reads) or 'nothing'}; "
+                f"writes {', '.join(self.context.outputs) or 'nothing'} to the sandbox {self.sandbox}\n"
+                f"parameters: {shown}")
+
+
+def sql_variables(query: str) -> set[str]:
+    """The ``$name`` variables a query uses."""
+    return set(re.findall(r"(?<![\w$])\$([A-Za-z_]\w*)", query))
+
+
+def sql_mentions(query: str, table: str) -> bool:
+    """Whether ``query`` names ``table`` as ``layer_name``, ``layer.name`` or ``"layer.name"``."""
+    layer, name = table.split(".", 1)
+    pattern = rf'(?<![\w"]){layer}_{name}(?!\w)|(?<![\w"]){layer}\s*\.\s*{name}(?!\w)|"{layer}\.{name}"'
+    return re.search(pattern, query, flags=re.IGNORECASE) is not None
+
+
+def _access_denied(exc: Exception) -> SqlAccessDenied:
+    text = str(exc).strip()
+    detail = text.splitlines()[0] if text else ""
+    return SqlAccessDenied(
+        "%%qsdk sql sees only the lakehouse tables the query names (as layer_name, layer.name or "
+        '"layer.name"): files, COPY, ATTACH/EXPORT to a path, INSTALL/LOAD and settings are off. '
+        "Name the table instead of its files; to write, put the frame (-o NAME) through "
+        f"qsdk.write_table. DuckDB said: {detail}",
+        detail=detail,
+    )
+
+
+SNAPSHOT_OPTION = "snapshot"  # `qsdk run FLOW -p snapshot=NAME` is run_pipeline(..., snapshot=NAME)
 
 
 class QuantSDK:
@@ -57,6 +105,7 @@ class QuantSDK:
         only: Sequence[str] = (),
         from_: Sequence[str] = (),
         hooks: Sequence[Hook] = (),
+        snapshot: str | None = None,
         raise_on_failure: bool = True,
         track: bool = True,
         cache: bool = True,
@@ -72,28 +121,51 @@ class QuantSDK:
         ``executor``: ``"local"`` (sequential, in this process) or ``"ray"`` (partitions in
         parallel on an embedded Ray, or on the cluster at ``ray_address`` / ``$RAY_ADDRESS``);
         the default is :data:`qsdk.config.DEFAULT_EXECUTOR`, as for every front-end.
-        ``params["snapshot"] = NAME`` is a run option: after a successful run, the flow's
-        output tables are frozen into golden snapshot NAME (:mod:`qsdk.integrations.dvc`).
+        ``snapshot``: after a successful run, freeze the flow's output tables, at the versions
+        it wrote, into golden snapshot NAME (:mod:`qsdk.integrations.dvc`); if that fails the
+        run's status is ``failed`` and ``result.extra["snapshot"]["error"]`` says why. It is done
+        here, after every hook: no hook changes the status or depends on another's order.
         """
         if ray_address is not None:
             if executor != "ray":
                 raise ParameterError(f"ray_address= goes with executor='ray', not {executor!r}")
             executor = get_executor("ray", address=ray_address)
         flow = self.registry.flow(name).select(only=only, from_=from_)
-        from qsdk.integrations.dvc import SnapshotStore, VersioningHook, run_options
+        from qsdk.integrations import dvc as versioning
 
-        params, snapshot = run_options(flow, params)  # -p snapshot=NAME: a run option, not a stage's
+        if params and SNAPSHOT_OPTION in params and all(p.name != SNAPSHOT_OPTION for p in flow.parameters()):
+            raise ParameterError(f"{SNAPSHOT_OPTION!r} is not a stage parameter but a run option: "
+                                 f"run_pipeline(..., snapshot=NAME)", parameter=SNAPSHOT_OPTION)
         if snapshot:
-            SnapshotStore(self.config, self.registry).check_new(snapshot)  # refuse before running
+            versioning.SnapshotStore(self.config, self.registry).check_new(snapshot)  # refuse before running
+        hooks = list(hooks)
         if track:
             from qsdk.integrations.mlflow import MlflowTracking
 
-            hooks = [*hooks, MlflowTracking(tracking_uri=self.config.tracking_uri)]
-        if track or snapshot:  # after MlflowTracking: it tags the flow's MLflow run
-            hooks = [*hooks, VersioningHook(snapshot=snapshot)]
+            hooks.append(MlflowTracking(tracking_uri=self.config.tracking_uri))
+        if track or snapshot:
+            hooks.append(versioning.VersioningHook())
         result = run_flow(flow, registry=self.registry, config=self.config, params=params,
                           executor=executor, hooks=hooks, cache=cache, force=force)
+        if snapshot:
+            self._freeze(result, flow, snapshot)
+        if track:
+            versioning.tag_flow_run(result)
         return result.raise_for_status() if raise_on_failure else result
+
+    def _freeze(self, result: RunResult, flow: Flow, name: str) -> None:
+        """``run_pipeline(snapshot=NAME)``: after a successful run, its outputs into snapshot NAME."""
+        from qsdk.execution.scheduling import write_manifest
+        from qsdk.integrations import dvc as versioning
+
+        if result.status != "succeeded":
+            return
+        try:
+            result.extra["snapshot"] = versioning.freeze_outputs(self.config, flow, result, name)
+        except QsdkError as exc:  # the run's data is fine; the run as asked for is not done
+            result.status = "failed"
+            result.extra["snapshot"] = {"name": name, "error": str(exc)}
+        write_manifest(result)
 
     def status(self, name: str, *, params: Mapping[str, Any] | None = None) -> list:
         """Per stage and partition of flow ``name``: cached, stale (with reasons) or never run."""
@@ -244,6 +316,85 @@ class QuantSDK:
 
         return sandbox.promote(table, lakehouse_root=self.config.lakehouse_root, specs=self.registry.tables,
                                mode=mode, predicate=predicate, version=version, user=user)
+
+    def explore(self, stage: str, params: Mapping[str, Any] | None = None, *,
+                user: str | None = None) -> Exploration:
+        """Explore as stage ``stage`` in this process (``%qsdk stage NAME -p ...``).
+
+        ``params`` are validated with the code a run uses (``Stage.resolve``); then a stage
+        context marked interactive is activated: ``DataLoader`` reads only the stage's declared
+        tables, and ``write_table`` commits at once to ``user``'s sandbox
+        (:mod:`qsdk.lakehouse.sandbox`), never to production. Outputs already in the sandbox are
+        read from there, so the session sees its own writes. :meth:`unexplore` leaves it.
+        """
+        from qsdk.execution import context as runtime
+        from qsdk.lakehouse import sandbox
+
+        spec = self.registry.stage(stage)
+        values = spec.resolve(dict(params or {}))  # the same validation as a run
+        who = sandbox.user_name(user)
+        root = sandbox.sandbox_root(self.config.lakehouse_root, who)
+        mine = Lakehouse(root)
+        context = runtime.new_context(
+            self.registry, run_id=f"interactive-{who}", stage=spec.name, lakehouse_root=self.config.lakehouse_root,
+            inputs=spec.inputs, outputs=spec.outputs, staging_dir=None,
+            read_roots={t: str(root) for t in spec.outputs if mine.exists(t)},
+            extra={"interactive": True, "sandbox": str(root), "user": who},
+        )
+        runtime.activate(context)
+        return Exploration(stage=spec.name, parameters=values, context=context, sandbox=root)
+
+    @staticmethod
+    def unexplore() -> str | None:
+        """Leave the stage :meth:`explore` entered (reads are unrestricted again); its name."""
+        from qsdk.execution import context as runtime
+
+        ctx = runtime.current()
+        runtime.activate(None)
+        return ctx.stage if ctx is not None else None
+
+    def sql(self, query: str, params: Mapping[str, Any] | None = None) -> Any:
+        """Run ``query`` with DuckDB over the lakehouse tables it names; a pandas frame.
+
+        A table ``layer.name`` is visible as ``layer_name``, ``layer.name`` and ``"layer.name"``;
+        ``$name`` is bound to ``params[name]`` (a missing one is a :class:`ParameterError`). The
+        tables are read through :class:`DataLoader` (the active stage's contract applies) and
+        registered; then DuckDB's external access is switched off and its configuration locked,
+        so the query sees exactly those tables: file functions (``read_parquet``, ``glob``, ...),
+        ``COPY``, ``ATTACH``/``EXPORT`` to a path and ``INSTALL``/``LOAD`` are refused with
+        :class:`~qsdk.errors.SqlAccessDenied`.
+        """
+        import duckdb
+
+        loader = DataLoader(lakehouse_root=self.config.lakehouse_root)  # in a stage: the stage's
+        known = set(self.registry.tables) | set(loader.lakehouse.list_tables())
+        names = sql_variables(query)
+        values = dict(params or {})
+        missing = sorted(n for n in names if n not in values)
+        if missing:
+            raise ParameterError(f"SQL uses ${', $'.join(missing)} but no such variable is defined",
+                                 parameter=missing[0])
+        bound = {n: values[n] for n in names}
+        con = duckdb.connect()
+        try:
+            for table in sorted(t for t in known if sql_mentions(query, t)):
+                data = loader.read_arrow(table)  # the active stage's contract applies here too
+                layer, name = table.split(".", 1)
+                flat = f"{layer}_{name}"
+                con.register(flat, data)
+                con.register(table, data)  # "layer.name"
+                con.execute(f'CREATE SCHEMA IF NOT EXISTS "{layer}"')
+                con.execute(f'CREATE OR REPLACE VIEW "{layer}"."{name}" AS SELECT * FROM "{flat}"')
+            con.execute("SET enable_external_access = false")  # no files, extensions, Python scans
+            con.execute("SET lock_configuration = true")  # ... and no SET to turn it back on
+            try:
+                return (con.execute(query, bound) if bound else con.execute(query)).df()
+            except (duckdb.PermissionException, duckdb.InvalidInputException) as exc:
+                if isinstance(exc, duckdb.InvalidInputException) and "configuration has been locked" not in str(exc):
+                    raise
+                raise _access_denied(exc) from exc
+        finally:
+            con.close()
 
     def loader(self) -> DataLoader:
         """An unrestricted reader over the whole lakehouse (exploration, not stages)."""

@@ -196,7 +196,7 @@ def run_flow(
     result = RunResult(run_id, flow.name, status, str(run_dir), results, resolved,
                        time.perf_counter() - started)
     H.call(hook_list, "after_flow", run=state, result=result)
-    _write_manifest(run_dir, result)
+    write_manifest(result)
     if status == "succeeded":
         shutil.rmtree(run_dir / ".staging", ignore_errors=True)
     return result
@@ -346,6 +346,7 @@ def _result_of(future: Future[TaskResult], task: Task) -> TaskResult:
                           parameters=dict(task.parameters))
 
 
-def _write_manifest(run_dir: Path, result: RunResult) -> None:
-    (run_dir / "run.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+def write_manifest(result: RunResult) -> None:
+    """``runs/<run_id>/run.json`` (again, when something after the run changed the result)."""
+    (Path(result.run_dir) / "run.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
 

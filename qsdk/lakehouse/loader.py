@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qsdk import names as qnames
@@ -42,15 +43,17 @@ class WriteReceipt:
         return f"<write {self.table} {self.mode} {self.rows} rows: {state}>"
 
 
-def _lakehouse(context: runtime.StageContext | None) -> Lakehouse:
-    """The stage's lakehouse with its tables' contracts; without a stage, the project's
-    lakehouse for reading (reads need no contract; writes need a stage)."""
+def _lakehouse(context: runtime.StageContext | None, root: str | Path | None = None) -> Lakehouse:
+    """The stage's lakehouse with its tables' contracts; without a stage, the lakehouse at
+    ``root`` (default: the project's) for reading (reads need no contract; writes need a stage)."""
     if context is not None:
         specs = {n: TableSpec.from_dict(s) for n, s in context.tables.items()}
         return Lakehouse(context.lakehouse_root, specs)
-    from qsdk.config import Config
+    if root is None:
+        from qsdk.config import Config
 
-    return Lakehouse(Config.load().lakehouse_root)
+        root = Config.load().lakehouse_root
+    return Lakehouse(root)
 
 
 class DataLoader:
@@ -62,9 +65,12 @@ class DataLoader:
     with the registry's feature views.
     """
 
-    def __init__(self, *, context: runtime.StageContext | None = None) -> None:
+    def __init__(self, *, context: runtime.StageContext | None = None,
+                 lakehouse_root: str | Path | None = None) -> None:
+        """``context``: default, the active stage's; ``lakehouse_root``: where to read when no
+        stage is active (default: the project's lakehouse)."""
         self.context = context or runtime.current()
-        self.lakehouse = _lakehouse(self.context)
+        self.lakehouse = _lakehouse(self.context, lakehouse_root)
 
     def read_arrow(
         self,

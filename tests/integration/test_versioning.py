@@ -14,12 +14,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
 import yaml
 
 from qsdk.errors import ParameterError, SnapshotConflict, SnapshotCorrupted, VersioningError
+from qsdk.execution.hooks import Hook
 from qsdk.integrations.dvc import SnapshotStore, dvcsync
 from qsdk.integrations.dvc.command import cache_dir, cache_file
 from qsdk.sdk import QuantSDK
@@ -317,7 +319,7 @@ def test_backfill_snapshot_option_and_mlflow_tags(repo: Repo):
     (repo.root / "snapshots").mkdir()
     (repo.root / "snapshots" / "taken.dvc").write_text("outs: []\n")
     with pytest.raises(VersioningError, match="already exists"):  # refused before any kernel starts
-        sdk.run_pipeline("backfill", params={**SMALL, "snapshot": "taken"}, track=False)
+        sdk.run_pipeline("backfill", params=SMALL, snapshot="taken", track=False)
     assert not (repo.lake / "bronze").exists()
 
     run = repo.sh("qsdk", "run", "backfill", "--only", PRICES[0], "--only", PRICES[1], "-p",
@@ -341,3 +343,54 @@ def test_backfill_snapshot_option_and_mlflow_tags(repo: Repo):
     tags = client.get_run(rerun.extra["mlflow_run_id"]).data.tags
     assert tags["qsdk.snapshot.gold"] == gold.md5
     assert lake.read("silver.prices").num_rows == gold.tables["silver.prices"]["rows"]
+
+    # hooks in either order: the same status, provenance and MLflow record (no hook changes the
+    # status or needs another before it; the snapshot and its tags come after every hook)
+    from qsdk import names as qnames
+    from qsdk.execution.hooks import Hook
+    from qsdk.execution.scheduling import run_flow
+    from qsdk.integrations.dvc import VersioningHook, tag_flow_run
+    from qsdk.integrations.mlflow import MlflowTracking
+
+    class SeenStatus(Hook):
+        def __init__(self) -> None:
+            self.status: list[str] = []
+
+        def after_flow(self, *, run: Any, result: Any, **_: Any) -> None:
+            self.status.append(result.status)
+
+    outcomes = []
+    for reverse in (False, True):
+        first, last = SeenStatus(), SeenStatus()
+        hooks: list[Hook] = [MlflowTracking(tracking_uri=sdk.config.tracking_uri), VersioningHook()]
+        flow = sdk.registry.flow("backfill").select(only=["clean_prices"])
+        result = run_flow(flow, registry=sdk.registry, config=sdk.config, params=SMALL, cache=False,
+                          hooks=[first, *(reversed(hooks) if reverse else hooks), last])
+        tag_flow_run(result)
+        ml = client.get_run(result.extra["mlflow_run_id"])
+        outcomes.append((result.status, first.status, last.status, result.extra.get("snapshots_read"),
+                         ml.info.status, ml.data.tags.get(qnames.STATUS), ml.data.tags.get("qsdk.snapshot.gold")))
+    assert outcomes[0] == outcomes[1] == (
+        "succeeded", ["succeeded"], ["succeeded"], {"gold": gold.md5}, "FINISHED", "succeeded", gold.md5)
+
+
+def test_a_snapshot_that_cannot_be_taken_fails_the_run_after_every_hook(repo: Repo, monkeypatch):
+    from qsdk.integrations import dvc as versioning
+
+    sdk = repo.sdk()
+    seen: list[str] = []
+
+    class Last(Hook):
+        def after_flow(self, *, run: Any, result: Any, **_: Any) -> None:
+            seen.append(result.status)
+
+    def no_dvc(*args: Any, **kwargs: Any) -> None:
+        raise VersioningError("dvc push failed: remote unreachable")
+
+    monkeypatch.setattr(versioning, "freeze_outputs", no_dvc)
+    result = sdk.run_pipeline("backfill", params=SMALL, only=[PRICES[0]], snapshot="later", hooks=[Last()],
+                              raise_on_failure=False, track=False)
+    assert seen == ["succeeded"]  # every hook saw the run as it ran
+    assert result.status == "failed" and "remote unreachable" in result.extra["snapshot"]["error"]
+    manifest = json.loads((Path(result.run_dir) / "run.json").read_text())
+    assert manifest["status"] == "failed" and manifest["snapshot"]["name"] == "later"

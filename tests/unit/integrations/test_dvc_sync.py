@@ -11,7 +11,7 @@ import yaml
 from qsdk import cli
 from qsdk.config import Config
 from qsdk.errors import ParameterError, VersioningError
-from qsdk.integrations.dvc import dvcsync, run_options
+from qsdk.integrations.dvc import dvcsync
 from qsdk.model.registry import Registry
 
 REPO = Path(__file__).resolve().parents[3]
@@ -115,12 +115,17 @@ def test_a_stage_reads_its_params_yaml_values_as_literal_text(project):
 
 
 def test_snapshot_is_a_run_option_not_a_stage_parameter(project):
+    import inspect
+
     project.table("raw.a", {"k": "int64"})
     project.stage("s", "start = 1\nsnapshot = ''", outputs=["raw.a"])
     project.stage("t", "start = 1", inputs=["raw.a"])
     project.flow("f", ["s", "t"]).flow("g", ["t"]).save()
-    registry = Registry.load(Config.load(project.root))
-    assert run_options(registry.flow("g"), {"start": 2, "snapshot": "gold"}) == ({"start": 2}, "gold")
-    assert run_options(registry.flow("g"), {"start": 2}) == ({"start": 2}, None)
-    with pytest.raises(ParameterError, match="reserves"):
-        run_options(registry.flow("f"), {"snapshot": "gold"})
+    sdk = project.sdk()
+    option = inspect.signature(type(sdk).run_pipeline).parameters["snapshot"]
+    assert option.kind is inspect.Parameter.KEYWORD_ONLY and option.default is None
+    with pytest.raises(ParameterError, match=r"run option: run_pipeline\(\.\.\., snapshot=NAME\)"):
+        sdk.run_pipeline("g", params={"start": 2, "snapshot": "gold"}, track=False)  # before any kernel
+    assert not (project.root / "runs").exists()
+    # a stage may still declare a parameter of that name: then it is that stage's
+    assert sdk.registry.flow("f").resolve({"snapshot": "gold"})["s"]["snapshot"] == "gold"
