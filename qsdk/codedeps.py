@@ -253,6 +253,21 @@ def static_imports(path: Path, module: str) -> list[str]:
     return found
 
 
+_ALL: dict[tuple[str, int, int, str], list[str]] = {}
+
+
+def all_imports(path: Path, module: str) -> list[str]:
+    """Every module ``path`` (the module named ``module``) imports, function-level ones included;
+    memoised by (path, size, mtime) like :func:`static_imports` (``qsdk dvc sync`` walks the same
+    modules for every stage)."""
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns, module)
+    if memo not in _ALL:
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        _ALL[memo] = _imports_in(ast.walk(ast.parse(path.read_bytes())), package=package)
+    return _ALL[memo]
+
+
 def _imports_in(nodes: Iterable[ast.AST], *, package: str) -> list[str]:
     """Absolute module names of the import statements among ``nodes``."""
     found: list[str] = []
@@ -455,8 +470,7 @@ def notebook_closure(cells: Iterable[Mapping[str, Any]], *, notebook: str | Path
     machinery = scope.qsdk_dir
 
     def follow(path: Path, name: str) -> list[str]:
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        found = _imports_in(ast.walk(ast.parse(path.read_bytes())), package=package)
+        found = all_imports(path, name)
         if path.is_relative_to(machinery) and not path.is_relative_to(machinery / "quant"):
             # qsdk's machinery: its lazy imports would fan out to all of it; keep the quant library's
             return [*static_imports(path, name), *(n for n in found if n.startswith("qsdk.quant"))]

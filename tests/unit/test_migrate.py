@@ -289,9 +289,6 @@ def test_check_accepts_reads_of_declared_source_files_and_clean_notebooks(proj: 
 
 
 def test_pair_writes_a_percent_script_that_check_holds_in_step_with_the_notebook(proj: Path, capsys):
-    import subprocess
-    import sys
-
     script = _script(proj, "const.py", CONSTANTS)
     assert main(["--project", str(proj), "import-script", str(script), "--stage", "const", "--pair"]) == 0
     text = proj / "notebooks" / "migrated" / "const.py"
@@ -303,8 +300,9 @@ def test_pair_writes_a_percent_script_that_check_holds_in_step_with_the_notebook
     assert main(["--project", str(proj), "check", "--json"]) == 1
     (problem,) = json.loads(capsys.readouterr().out)
     assert problem["rule"] == "pair_out_of_sync" and "jupytext --sync" in problem["error"]
-    subprocess.run([sys.executable, "-m", "jupytext", "--sync", str(text.with_suffix(".ipynb"))], check=True,
-                   capture_output=True)
+    from jupytext.cli import jupytext
+
+    jupytext(["--sync", str(text.with_suffix(".ipynb"))])  # its command line, in this process
     assert main(["--project", str(proj), "check"]) == 0
     assert "print(scale(2.0)" in _code(proj, "notebooks/migrated/const.ipynb")  # the newer side won
 
