@@ -6,6 +6,7 @@ hold and that a deliberate violation breaks them."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,3 +59,20 @@ def test_the_layer_contracts_hold_and_a_deliberate_violation_breaks_them(tmp_pat
     assert "Contracts: 0 kept, 2 broken." in broken.stdout, broken.stdout
     assert "qsdk.quant.leak -> qsdk.lakehouse.tables" in broken.stdout
     assert "qsdk.lakehouse.leak -> qsdk.model.registry" in broken.stdout
+
+
+def test_the_readme_layout_has_one_line_per_package_naming_every_module():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Layout\n"):]
+    block = section[section.index("```\n") + 4:]
+    block = block[:block.index("```\n")]
+    lines = {line.split()[0]: line for line in block.splitlines() if line.startswith("qsdk/")}
+    packages = sorted(str(p.parent.relative_to(ROOT)) + "/" for p in (ROOT / "qsdk").rglob("__init__.py"))
+    assert sorted(lines) == packages  # one line per package, and no line for one that is gone
+    for package, line in lines.items():
+        described = line[len(package):]
+        for module in sorted((ROOT / package).glob("*.py")):
+            if module.stem == "__init__" and package != "qsdk/":  # a subpackage's: its public names
+                continue
+            assert re.search(rf"(?<![\w.]){re.escape(module.stem)}(?!\w)", described), \
+                f"README Layout: {package} does not name {module.name}"
