@@ -17,11 +17,11 @@ from mlflow import MlflowClient
 
 import qsdk
 from qsdk import cli
-from qsdk.execution import context as runtime
 from qsdk.execution.scheduling import RunResult, RunState, new_run_id, plan
 from qsdk.execution.task import TaskResult
 from qsdk.integrations import mlflow as tracking
 from qsdk.integrations.mlflow import MlflowTracking
+from qsdk.lakehouse import stagecontext as runtime
 from qsdk.sdk import QuantSDK
 
 REPO = Path(__file__).resolve().parents[2]
