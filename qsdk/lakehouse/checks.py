@@ -263,21 +263,13 @@ def _validate_sql(table: str, columns: Mapping[str, str], checks: Sequence[Check
     sql_checks = [c for c in checks if c.kind == "expression" or "except" in c.spec]
     if not sql_checks:
         return
-    conditions = [_failing(check, columns, bind_only=True) for check in sql_checks]
-    memo = (tuple(columns.items()), tuple(conditions))
-    if memo in _VALID_SQL:  # the same schema and SQL bound before in this process (a registry reload)
-        return
     empty = pa.schema([pa.field(c, TYPES[t]) for c, t in columns.items()]).empty_table()
     con = _connect(empty)
-    for check, condition in zip(sql_checks, conditions, strict=True):
+    for check in sql_checks:
         try:
-            con.execute(f"SELECT count(*) FROM t WHERE {condition}").fetchall()
+            con.execute(f"SELECT count(*) FROM t WHERE {_failing(check, columns, bind_only=True)}").fetchall()
         except Exception as exc:  # duckdb's parser and binder errors
             raise RegistryError(f"table {table!r}, check {check.name!r}: invalid SQL: {str(exc).splitlines()[0]}") from None
-    _VALID_SQL.add(memo)
-
-
-_VALID_SQL: set[tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = set()
 
 
 # ------------------------------------------------------------------ evaluation
