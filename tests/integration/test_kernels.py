@@ -13,9 +13,10 @@ import nbformat
 import psutil
 import pytest
 
+from qsdk.errors import KernelPoolError
 from qsdk.execution.context import StageContext
 from qsdk.execution.executors.local import LocalExecutor
-from qsdk.execution.kernels import KernelPool, KernelPoolError
+from qsdk.execution.kernels import KernelPool
 from qsdk.execution.task import Task, run_task
 from tests.conftest import write_notebook
 
