@@ -179,7 +179,9 @@ def _child(mode: str, p: dict) -> tuple[float, float, Usage, dict]:
     try:
         cmd = [sys.executable, __file__, "--child", mode, "--work", str(work), "--params", json.dumps(p)]
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, MARKER: marker})
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, MARKER: marker,
+                                # a Ray folder of its own: instances sharing /tmp/ray collide at start
+                                "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", str(work))})
         usage, stop = Usage(), threading.Event()
         sampler = threading.Thread(target=_sample_tree, args=(proc.pid, marker, usage, stop), daemon=True)
         sampler.start()
