@@ -89,7 +89,7 @@ def main() -> None:
 
     cores = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="qsdk-fanout-"))
-    # a Ray folder of its own: Ray instances sharing /tmp/ray on a busy machine collide at start
+    # a Ray folder of its own (sessions, logs), removed with the run, not /tmp/ray shared with every Ray here
     os.environ.setdefault("RAY_TMPDIR", str(work))
     if args.workload == "cpu":
         root, flow, only = cpu_project(work, args.by), "crunch", None
