@@ -35,7 +35,7 @@ from _common import REPO, machine, median  # noqa: E402
 from _trivial import notebook  # noqa: E402
 
 STAGES = ("ingest_prices", "clean_prices")
-CPU_PARAMS = 'start: "date" = "2005-01-01"\nend: "date" = "2005-01-31"\npaths: int = 60000'
+CPU_PARAMS = 'start: "date" = "2005-01-01"\nend: "date" = "2005-01-31"\npaths: int = 400000'
 CPU_WORK = """import numpy as np, pandas as pd, qsdk
 rng = np.random.default_rng(int(str(start).replace("-", "")))
 drawdowns = []
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--end", default="2005-12-31")
     parser.add_argument("--by", choices=["month", "year"], default="month")
     parser.add_argument("--n-symbols", type=int, default=50, help="backfill: synthetic symbols")
-    parser.add_argument("--paths", type=int, default=60000, help="cpu: random walks per partition")
+    parser.add_argument("--paths", type=int, default=400000, help="cpu: random walks per partition")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
@@ -92,7 +92,7 @@ def main() -> None:
     # a Ray folder of its own (sessions, logs), removed with the run, not /tmp/ray shared with every Ray here
     os.environ.setdefault("RAY_TMPDIR", str(work))
     if args.workload == "cpu":
-        root, flow, only = cpu_project(work, args.by), "crunch", None
+        root, flow, only = cpu_project(work, args.by), "crunch", ()
         params = {"start": args.start, "end": args.end, "paths": args.paths}
     else:
         root, flow, only = backfill_project(work, args.by), "backfill", STAGES
