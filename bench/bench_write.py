@@ -16,6 +16,7 @@ Prints the medians and the median of the per-round ratios of the write costs. ``
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -71,8 +72,12 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"write of {args.rows:,} rows: qsdk.write_table in a flow {median(costs['qsdk']):.2f} s, "
           f"write_deltalake in papermill {median(costs['papermill']):.2f} s over their 10-row runs: "
-          f"{median(ratios):.2f}x (median of per-round ratios, n={args.repeat})")
-
+          f"{median(ratios):.2f}x (median of per-round ratios {', '.join(f'{r:.2f}' for r in ratios)}; "
+          f"load average now {os.getloadavg()[0]:.1f})")
+    if min(costs["qsdk"] + costs["papermill"]) <= 0.05:
+        print("warning: in some round a big run cost no more than its 10-row run: the machine's noise "
+              "exceeds the write's cost, so the ratio means nothing; re-run with more rows or rounds, "
+              "or on a quiet machine")
 
 if __name__ == "__main__":
     main()
