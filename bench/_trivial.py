@@ -15,12 +15,12 @@ QSDK_WRITE = "import qsdk\nqsdk.write_table('bronze.trivial', frame, mode='overw
 DELTA_WRITE = "from deltalake import write_deltalake\nwrite_deltalake(out, frame, mode='overwrite')"
 
 
-def notebook(path: Path, *cells: str) -> Path:
+def notebook(path: Path, *cells: str, params: str = PARAMS) -> Path:
     nb = new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = new_code_cell(PARAMS)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, *(new_code_cell(c) for c in cells)]
+    first = new_code_cell(params)
+    first.metadata["tags"] = ["parameters"]
+    nb.cells = [first, *(new_code_cell(c) for c in cells)]
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     return path

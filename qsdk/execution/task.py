@@ -129,7 +129,9 @@ def run_task(task: Task, *, km: Any = None) -> TaskResult:
         result.extra["writes"] = [{"table": w.table, "mode": w.mode, "predicate": w.predicate}
                                   for w in staging.staged_writes(task.staging_dir)]
         _run_checks(task, result)
+        committing = time.perf_counter()
         result.written = _commit(task)
+        result.extra["commit_s"] = time.perf_counter() - committing  # what the commit cost (bench_write.py)
         result.status = "succeeded"
     except StageFailed as exc:
         result.error = exc

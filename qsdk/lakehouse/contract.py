@@ -228,6 +228,8 @@ def check_primary_key(table: pa.Table, spec: TableSpec) -> None:
                 column=col,
             )
     keys = list(spec.primary_key)
+    if _strictly_ordered(table, keys) or _strictly_ordered(table, keys[::-1]):
+        return  # rows in strict key order (the usual case: built by a sort, a range or a date loop)
     counts = table.select(keys).group_by(keys).aggregate([([], "count_all")])
     dupes = counts.filter(pc.greater(counts.column("count_all"), 1))
     if dupes.num_rows:
@@ -238,3 +240,21 @@ def check_primary_key(table: pa.Table, spec: TableSpec) -> None:
             table=spec.name,
             duplicates=dupes.num_rows,
         )
+
+
+def _strictly_ordered(table: pa.Table, keys: list[str]) -> bool:
+    """Whether each row's ``keys`` sort strictly after the previous row's (lexicographically):
+    then no key repeats. One vectorised pass, where a hash aggregation costs about a second
+    per million rows. Key columns hold no nulls here."""
+    if table.num_rows < 2:
+        return True
+    after: Any = None  # "row i+1 > row i" on the key columns seen so far, built from the last one outwards
+    for key in reversed(keys):
+        col = table.column(key)
+        nxt, prev = col.slice(1), col.slice(0, len(col) - 1)
+        try:
+            greater = pc.greater(nxt, prev)
+            after = greater if after is None else pc.or_(greater, pc.and_(pc.equal(nxt, prev), after))
+        except pa.ArrowNotImplementedError:  # a type without an order kernel: the hash check decides
+            return False
+    return bool(pc.all(after).as_py())

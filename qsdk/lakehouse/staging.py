@@ -1,7 +1,10 @@
 """Stage writes are staged, then committed when the notebook has finished successfully.
 
 A notebook's ``write_table`` validates the data against the contract at once (so the error
-points at the cell that wrote it) and saves it as Parquet in the run's staging folder. The
+points at the cell that wrote it) and saves it as an Arrow IPC file in the run's staging folder:
+uncompressed Arrow costs little more than copying the buffers to disk, and the commit maps it
+back into memory without decoding it, so Parquet is encoded once, by Delta's own writer
+(``bench/bench_write.py`` measures what the staged path costs over ``write_deltalake``). The
 executor commits the staged writes only after the whole notebook succeeded: a stage that
 raises, is killed, or times out halfway leaves every table at its last good version. Each
 commit carries a Delta application transaction id, so a retried task never commits twice.
@@ -20,10 +23,8 @@ from qsdk.lazyimport import lazy_module
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 else:
     pa = lazy_module("pyarrow")
-    pq = lazy_module("pyarrow.parquet")
 
 MANIFEST = "writes.jsonl"
 READS = "reads.jsonl"
@@ -44,12 +45,18 @@ def stage_write(staging_dir: str | Path, table: str, data: pa.Table, *, mode: st
     folder = Path(staging_dir)
     folder.mkdir(parents=True, exist_ok=True)
     index = len(staged_writes(folder))
-    file = folder / f"{index:04d}-{table}.parquet"
-    pq.write_table(data, file)
+    file = folder / f"{index:04d}-{table}.arrow"
+    with pa.OSFile(str(file), "wb") as sink, pa.ipc.new_file(sink, data.schema) as writer:
+        writer.write_table(data)
     entry = StagedWrite(index, table, mode, predicate, file.name, data.num_rows)
     with open(folder / MANIFEST, "a") as fh:
         fh.write(json.dumps(entry.__dict__) + "\n")
     return entry
+
+
+def read_staged(staging_dir: str | Path, entry: StagedWrite) -> pa.Table:
+    """The rows of one staged write, memory-mapped (no copy, no decoding)."""
+    return pa.ipc.open_file(pa.memory_map(str(Path(staging_dir) / entry.file))).read_all()
 
 
 def staged_writes(staging_dir: str | Path) -> list[StagedWrite]:
@@ -92,7 +99,7 @@ def check_staged(staging_dir: str | Path, lakehouse: Lakehouse) -> list[Any]:
     results: list[Any] = []
     for entry in staged_writes(folder):
         if lakehouse.spec(entry.table).checks:
-            results += checks.check_write(lakehouse, entry.table, pq.read_table(folder / entry.file),
+            results += checks.check_write(lakehouse, entry.table, read_staged(folder, entry),
                                           mode=entry.mode, predicate=entry.predicate)
     return results
 
@@ -116,7 +123,7 @@ def commit_staged(staging_dir: str | Path, lakehouse: Lakehouse, *, app_prefix: 
         for entry in staged_writes(folder):
             app_id = f"{app_prefix}:{entry.index}"
             version = lakehouse.write(
-                entry.table, pq.read_table(folder / entry.file), mode=entry.mode,  # type: ignore[arg-type]
+                entry.table, read_staged(folder, entry), mode=entry.mode,  # type: ignore[arg-type]
                 predicate=entry.predicate, metadata={**metadata, "qsdk.write_index": entry.index},
                 app_id=app_id,
             )
@@ -135,7 +142,7 @@ def _compensate(lakehouse: Lakehouse, folder: Path, done: list[tuple[StagedWrite
         meta = {**metadata, "qsdk.rollback": True, "qsdk.compensates": version,
                 "qsdk.reason": str(cause).splitlines()[0][:500]}
         try:
-            undo_write(lakehouse, entry, version, data=lambda e=entry: pq.read_table(folder / e.file),
+            undo_write(lakehouse, entry, version, data=lambda e=entry: read_staged(folder, e),
                        metadata=meta)
         except QsdkError as exc:
             failures.append(f"{entry.table} version {version}: {exc}")

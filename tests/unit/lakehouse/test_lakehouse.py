@@ -7,6 +7,7 @@ from deltalake import DeltaTable
 
 from qsdk.errors import ContractViolation, TableNameError
 from qsdk.lakehouse import Lakehouse, TableSpec
+from qsdk.lakehouse.contract import conform
 
 SPEC = TableSpec("silver.t", {"date": "date", "symbol": "string", "x": "float64", "n": "int64"},
                  primary_key=("symbol", "date"))
@@ -50,6 +51,39 @@ def test_contract_violations_leave_table_untouched(lake, data, needle):
     assert needle in str(info.value)
     assert lake.version("silver.t") == 0
     assert lake.read("silver.t").equals(before)
+
+
+@pytest.mark.parametrize(("symbols", "days", "unique"), [
+    (["A", "A", "B", "B"], [1, 2, 1, 2], True),  # sorted by the key: the one-pass check decides
+    (["A", "B", "A", "B"], [1, 1, 2, 2], True),  # sorted by the key columns reversed
+    (["B", "A", "B", "A"], [2, 1, 1, 2], True),  # no order: the hash check decides
+    (["A", "A", "B", "B"], [1, 2, 2, 2], False),  # sorted, a repeat next to its twin
+    (["A", "B", "A", "B"], [1, 1, 1, 2], False),  # sorted by the reversed key, a repeat
+    (["B", "A", "B", "A"], [2, 1, 1, 1], False),  # no order, a repeat far from its twin
+])
+def test_primary_key_uniqueness_whatever_the_row_order(symbols, days, unique):
+    data = pa.table({"date": pa.array([pd.Timestamp(2020, 1, d).date() for d in days], pa.date32()),
+                     "symbol": symbols, "x": [1.0] * 4, "n": [1] * 4})
+    if unique:
+        assert conform(data, SPEC).num_rows == 4
+    else:
+        with pytest.raises(ContractViolation, match="1 duplicate primary key"):
+            conform(data, SPEC)
+
+
+def test_primary_key_check_on_two_million_ordered_rows_takes_one_pass():
+    import time
+
+    import numpy as np
+
+    spec = TableSpec("silver.big", {"k": "int64", "v": "float64"}, primary_key=("k",))
+    data = pa.table({"k": np.arange(2_000_000, dtype=np.int64), "v": np.zeros(2_000_000)})
+    started = time.perf_counter()
+    conform(data, spec)
+    assert time.perf_counter() - started < 0.5  # the hash aggregation took 1 to 2 s here
+    dup = pa.table({"k": np.append(data.column("k").to_numpy(), 0), "v": np.zeros(2_000_001)})
+    with pytest.raises(ContractViolation, match=r"1 duplicate primary key\(s\) \['k'\], for example \{'k': 0\}"):
+        conform(dup, spec)
 
 
 def test_lossless_representations_are_accepted(lake):
