@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from qsdk import codedeps
+from qsdk import codedeps, storage
 from qsdk import names as qnames
 from qsdk.errors import QsdkError
 from qsdk.lazyimport import lazy_module
@@ -119,7 +119,7 @@ class Cache:
     def __init__(self, lakehouse: Any, *, project_root: str | Path) -> None:
         self.lakehouse = lakehouse
         self.project_root = Path(project_root)
-        self.root = Path(lakehouse.root) / CACHE_DIR
+        self.root = storage.location(lakehouse.root) / CACHE_DIR  # a folder or an object-store prefix
         self._versions: dict[str, int | None] | None = None
         self._dists: dict[str, Any] = {}  # installed versions, looked up once per Cache
         self._sources: dict[tuple[Any, ...], dict[str, str]] = {}
@@ -152,27 +152,24 @@ class Cache:
             self._versions[table] = version
         return version
 
-    def _path(self, stage: str, partition: str | None) -> Path:
+    def _path(self, stage: str, partition: str | None) -> storage.Location:
         return self.root / stage / f"{partition or '_all'}.json"
 
     def load(self, stage: str, partition: str | None) -> CacheRecord | None:
-        path = self._path(stage, partition)
-        if not path.exists():
+        text = storage.read_text(self._path(stage, partition))
+        if text is None:
             return None
         try:
-            return CacheRecord(**json.loads(path.read_text()))
+            return CacheRecord(**json.loads(text))
         except (ValueError, TypeError):
             return None  # a damaged record is a miss, never an error
 
     def save(self, record: CacheRecord) -> None:
-        path = self._path(record.stage, record.partition)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(record.to_json())
-        tmp.replace(path)  # atomic: a crash never leaves half a record
+        # atomic (a temporary file renamed, or one PUT): a crash never leaves half a record
+        storage.write_text(self._path(record.stage, record.partition), record.to_json())
 
     def invalidate(self, stage: str, partition: str | None) -> None:
-        self._path(stage, partition).unlink(missing_ok=True)
+        storage.delete(self._path(stage, partition))
 
     def check(self, *, stage: str, partition: str | None, notebook: str, params: dict[str, Any],
               code: str | None = None, sources: Any = ()) -> Verdict:

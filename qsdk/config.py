@@ -1,7 +1,8 @@
 """Where things live: project root, lakehouse root, runs folder. One place, env overrides.
 
 Resolution order for each setting: explicit argument > environment variable > default
-relative to the project root. The project root is ``QSDK_PROJECT`` or the nearest folder at
+relative to the project root. ``QSDK_LAKEHOUSE`` may be ``s3://bucket/prefix`` (see
+:mod:`qsdk.storage` for the variables an object store reads). The project root is ``QSDK_PROJECT`` or the nearest folder at
 or above the current directory that has a ``pipelines/`` folder.
 """
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qsdk.errors import ConfigError
+from qsdk.storage import Location, ObjectPath, location
 
 ENV_PROJECT = "QSDK_PROJECT"
 ENV_LAKEHOUSE = "QSDK_LAKEHOUSE"
@@ -45,7 +47,7 @@ def find_project_root(start: Path | None = None) -> Path:
 @dataclass(frozen=True)
 class Config:
     project_root: Path
-    lakehouse_root: Path
+    lakehouse_root: Location  # a folder, or an ObjectPath (s3://bucket/prefix)
     runs_dir: Path
     # MLflow store: MLFLOW_TRACKING_URI (e.g. a tracking server), else a SQLite file in the project
     tracking_uri: str = ""
@@ -64,16 +66,16 @@ class Config:
         cls,
         project_root: str | Path | None = None,
         *,
-        lakehouse_root: str | Path | None = None,
+        lakehouse_root: str | Path | ObjectPath | None = None,
         runs_dir: str | Path | None = None,
     ) -> Config:
         root = Path(project_root).resolve() if project_root else find_project_root()
         lake = lakehouse_root or os.environ.get(ENV_LAKEHOUSE) or root / "lakehouse"
         runs = runs_dir or os.environ.get(ENV_RUNS) or root / "runs"
-        return cls(project_root=root, lakehouse_root=_abs(lake, root), runs_dir=_abs(runs, root))
+        return cls(project_root=root, lakehouse_root=location(lake, base=root), runs_dir=_abs(runs, root))
 
-    def with_lakehouse(self, lakehouse_root: str | Path) -> Config:
-        return replace(self, lakehouse_root=_abs(lakehouse_root, self.project_root))
+    def with_lakehouse(self, lakehouse_root: str | Path | ObjectPath) -> Config:
+        return replace(self, lakehouse_root=location(lakehouse_root, base=self.project_root))
 
 
 def _abs(path: str | Path, root: Path) -> Path:

@@ -401,7 +401,7 @@ class QuantSDK:
         from qsdk.execution.context import new_context
 
         ctx = new_context(self.registry, run_id="interactive", stage="<explore>",
-                          lakehouse_root=self.config.lakehouse_root, inputs=list(self.registry.tables), outputs=[])
+                          lakehouse_root=str(self.config.lakehouse_root), inputs=list(self.registry.tables), outputs=[])
         return DataLoader(context=ctx)
 
 

@@ -13,6 +13,8 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
+from tests.services.fixtures import s3_env, s3_root, s3_server  # noqa: F401 (fixtures)
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Tests never touch the repository's own lakehouse, runs or tracking store.

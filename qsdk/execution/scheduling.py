@@ -127,7 +127,7 @@ def plan(flow: Flow, params: Mapping[str, dict[str, Any]], *, registry: Registry
                 run_id=run_id,
                 stage=stage.name,
                 partition=key,
-                lakehouse_root=config.lakehouse_root,
+                lakehouse_root=str(config.lakehouse_root),
                 inputs=stage.inputs,
                 outputs=stage.outputs,
                 staging_dir=str(run_dir / ".staging" / slug),

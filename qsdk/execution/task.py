@@ -20,6 +20,7 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 from qsdk import names as qnames
+from qsdk import storage
 from qsdk.errors import FailureReason, KernelBootstrapError, QsdkError, StageFailed
 from qsdk.execution.context import ENV_CONTEXT, StageContext
 from qsdk.lakehouse import guard, staging
@@ -286,7 +287,10 @@ _LINK = -1  # the size recorded for a symbolic link: never a file's
 def _lake_files(task: Task) -> dict[str, tuple[int, int]]:
     """``{relative path: (mtime_ns, size)}`` of every file and symbolic link (size ``_LINK``)
     under the lakehouse root, but qsdk's own folders and the runs folder (when it lies inside
-    the lakehouse). Links are never followed."""
+    the lakehouse). Links are never followed. An object-store lakehouse is not walked: the
+    direct-write check covers local lakehouses only (README, "Running on a cluster")."""
+    if storage.is_remote(task.context.lakehouse_root):
+        return {}
     root = Path(task.context.lakehouse_root)
     skip = guard.private_folders(root, task.context.staging_dir)
     files: dict[str, tuple[int, int]] = {}
@@ -319,6 +323,8 @@ def _check_direct_writes(task: Task, before: dict[str, tuple[int, int]], *,
     commit files and data files are immutable, and a new file inside a table must be added by
     one of the new commits (or be named like a delta-rs data file, see ``_DELTA_DATA_FILE``).
     """
+    if storage.is_remote(task.context.lakehouse_root):
+        return
     root = Path(task.context.lakehouse_root)
     after = _lake_files(task)
     changed = sorted({p for p, st in after.items() if before.get(p) != st} | (before.keys() - after.keys()))

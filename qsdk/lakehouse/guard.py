@@ -100,7 +100,8 @@ def install(context: Any) -> None:
     if context is None:
         _watch = None
         return
-    roots = [context.lakehouse_root, *context.read_roots.values()]
+    # only local roots: a notebook's own object-store reads are not seen (README, "Running on a cluster")
+    roots = [r for r in (context.lakehouse_root, *context.read_roots.values()) if "://" not in str(r)]
     real = [os.path.realpath(r) for r in dict.fromkeys(roots)]
     private = set()
     for root in real:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qsdk import names as qnames
+from qsdk import storage
 from qsdk.errors import ConfigError, LakehouseError
 from qsdk.lakehouse.contract import TableSpec
 from qsdk.lakehouse.stagecontext import StageContext
@@ -44,9 +45,9 @@ def _login() -> str:
         return "user"
 
 
-def sandbox_root(lakehouse_root: str | Path, user: str | None = None) -> Path:
+def sandbox_root(lakehouse_root: str | Path | storage.ObjectPath, user: str | None = None) -> storage.Location:
     """``<lakehouse>/_sandbox/<user>``: the lakehouse root of ``user``'s interactive writes."""
-    return Path(lakehouse_root).resolve() / SANDBOX_DIR / user_name(user)
+    return storage.location(lakehouse_root) / SANDBOX_DIR / user_name(user)
 
 
 def promote(
@@ -114,7 +115,7 @@ def write_interactive(context: StageContext, table: str, data: Any, *, mode: Wri
                       predicate: str | None) -> int:
     """``write_table`` in an interactive session (``context.extra["interactive"]``): commit to the
     user's sandbox; later reads of ``table`` in this session see the sandbox table."""
-    root = Path(context.extra.get("sandbox") or sandbox_root(context.lakehouse_root, context.extra.get("user")))
+    root = storage.location(context.extra.get("sandbox") or sandbox_root(context.lakehouse_root, context.extra.get("user")))
     specs = {n: TableSpec.from_dict(s) for n, s in context.tables.items()}
     lake = Lakehouse(root, specs)
     data = _enforce_checks(lake, table, data, mode=mode, predicate=predicate, run_id=context.run_id,

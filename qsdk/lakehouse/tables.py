@@ -2,21 +2,22 @@
 
 Foreign errors from ``deltalake`` are wrapped once, here, as :class:`LakehouseError`.
 Tables live at ``<root>/<layer>/<name>``; names are validated so no path can escape the root.
+The root is a local folder or an ``s3://bucket/prefix`` (:mod:`qsdk.storage`, the one seam
+between qsdk and where the files are).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from qsdk import names as qnames
+from qsdk import storage
 from qsdk.errors import ContractViolation, LakehouseError, TableNameError
 from qsdk.lakehouse.contract import TableSpec, conform, validate_table_name
 from qsdk.lakehouse.guard import trusted
@@ -33,7 +34,7 @@ WriteMode = Literal["append", "overwrite", "merge"]
 WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "merge")
 Filters = Sequence[tuple[str, str, Any]] | None
 _CONFLICT_RETRIES = 8
-LOCK_DIR = qnames.LOCK_DIR  # under the root: one lock file per table, taken only to create it
+LOCK_DIR = qnames.LOCK_DIR  # under the root of lakehouses written before creation was lock-free
 _KEEP = "qsdk_undo_keep"  # undo_keys: marks keys whose earlier row is put back (else deleted)
 
 
@@ -53,17 +54,25 @@ class TableInfo:
 class Lakehouse:
     """Delta tables under ``root``; ``specs`` are the contracts writes are checked against."""
 
-    def __init__(self, root: str | Path, specs: Mapping[str, TableSpec] | None = None) -> None:
-        self.root = Path(root).resolve()
+    def __init__(self, root: str | Path | storage.ObjectPath,
+                 specs: Mapping[str, TableSpec] | None = None) -> None:
+        self.root: storage.Location = storage.location(root)
         self.specs: dict[str, TableSpec] = dict(specs or {})
 
     # ------------------------------------------------------------ paths and metadata
-    def path(self, name: str) -> Path:
+    def path(self, name: str) -> storage.Location:
         layer, table = validate_table_name(name).split(".", 1)
+        if isinstance(self.root, storage.ObjectPath):  # no links in an object store
+            return self.root / layer / table
         path = (self.root / layer / table).resolve()
         if self.root not in path.parents:  # defence in depth; the name regex already forbids it
             raise LakehouseError(f"table {name!r} resolves outside the lakehouse root {self.root}")
         return path
+
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        """What deltalake needs to reach an object-store root (``None`` for a local folder)."""
+        return storage.storage_options(self.root)
 
     def spec(self, name: str) -> TableSpec:
         validate_table_name(name)
@@ -78,12 +87,8 @@ class Lakehouse:
     def exists(self, name: str) -> bool:
         """Whether ``name`` has a committed version. A ``_delta_log`` folder alone is not enough:
         a writer creating the table makes the folder before its first commit lands."""
-        log = self.path(name) / "_delta_log"
-        try:
-            with os.scandir(log) as entries:  # commits and checkpoints: 000...
-                return any(entry.name[:1].isdigit() for entry in entries)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
+        # commits and checkpoints: 000...
+        return any(entry[:1].isdigit() for entry in storage.listdir(self.path(name) / "_delta_log"))
 
     def _table(self, name: str, version: int | None = None) -> Any:
         from deltalake import DeltaTable
@@ -95,7 +100,7 @@ class Lakehouse:
             )
         try:
             with trusted():  # qsdk's own read: the in-kernel direct-read guard lets it pass
-                return DeltaTable(str(self.path(name)), version=version)
+                return DeltaTable(str(self.path(name)), version=version, storage_options=self.storage_options)
         except Exception as exc:  # deltalake raises several foreign types
             raise LakehouseError(f"cannot open {name!r} at version {version}: {exc}", table=name) from exc
 
@@ -111,7 +116,7 @@ class Lakehouse:
             validate_table_name(name)
         except TableNameError as exc:  # a folder qsdk never wrote (listed by list_tables)
             return TableInfo(name, None, None, str(folder), broken=str(exc))
-        link = next((p for p in (folder.parent, folder) if p.is_symlink()), None)
+        link = next((p for p in (folder.parent, folder) if isinstance(p, Path) and p.is_symlink()), None)
         if link is not None:
             return TableInfo(name, None, None, str(folder), broken=(
                 f"{link} is a symbolic link (to {os.readlink(link)}), not a table folder: tables are "
@@ -139,9 +144,10 @@ class Lakehouse:
         """Names of the folders that look like tables (``layer/name/_delta_log``), readable or
         not: :meth:`info` says which are broken."""
         names = []
-        if self.root.is_dir():
-            for log in sorted(self.root.glob("*/*/_delta_log")):
-                names.append(f"{log.parent.parent.name}.{log.parent.name}")
+        for layer in storage.listdir(self.root):
+            for table in storage.listdir(self.root / layer):
+                if "_delta_log" in storage.listdir(self.root / layer / table):
+                    names.append(f"{layer}.{table}")
         return names
 
     # ------------------------------------------------------------ reads
@@ -195,16 +201,15 @@ class Lakehouse:
         gone, e.g. after log clean-up). Cheaper than :meth:`history` for a few versions."""
         import json
 
-        path = self.path(name) / "_delta_log" / f"{version:020d}.json"
         try:
-            with open(path) as fh:
-                for line in fh:
-                    if '"commitInfo"' in line:
-                        info: dict[str, Any] = json.loads(line)["commitInfo"]
-                        return info
+            text = storage.read_text(self.path(name) / "_delta_log" / f"{version:020d}.json")
+            for line in (text or "").splitlines():
+                if '"commitInfo"' in line:
+                    info: dict[str, Any] = json.loads(line)["commitInfo"]
+                    return info
         except (OSError, ValueError):
             return None
-        return {}
+        return None if text is None else {}
 
     # ------------------------------------------------------------ writes
     def write(
@@ -275,15 +280,9 @@ class Lakehouse:
 
         txns = [Transaction(app_id=app_id, version=app_version)] if app_id and app_version is not None else None
         props = CommitProperties(custom_metadata=_stringify(meta), app_transactions=txns)
-        path = str(self.path(name))
-        if not self.exists(name):
-            with self._creation_lock(name):
-                if not self.exists(name):
-                    write_deltalake(path, table, mode="append" if mode != "overwrite" else "overwrite",
-                                    partition_by=list(spec.partition_by) or None, name=name,
-                                    description=spec.description or None, commit_properties=props)
-                    return None
-            # another writer created it while this one waited: write as to any existing table
+        if not self.exists(name) and self._create(name, spec, table, app_id=app_id, app_version=app_version,
+                                                  meta=meta):
+            return None
         dt = self._table(name)  # one snapshot for the key check and the commit
         on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in spec.primary_key)
         if mode == "append":
@@ -306,26 +305,32 @@ class Lakehouse:
             )
         return int(dt.version())
 
-    @contextlib.contextmanager
-    def _creation_lock(self, name: str) -> Iterator[None]:
-        """Hold ``<root>/_qsdk_locks/<name>.lock`` while creating ``name``.
+    def _create(self, name: str, spec: TableSpec, table: pa.Table, *, app_id: str | None,
+                app_version: int | None, meta: Mapping[str, Any]) -> bool:
+        """Create ``name`` with ``table`` as its version 0; ``False`` when another writer created
+        it first (then the caller writes as to any existing table: its keys are checked against
+        the winner's and its commit is conflict-checked).
 
         Delta's optimistic concurrency does not cover creation: delta-rs commits a second writer's
         concurrent creation as version 1 without a conflict, so two first appends of the same keys
-        would both land. Serialising creation closes that gap for every writer that shares the
-        lakehouse folder (processes and Ray workers on this host; hosts on a file system whose
-        ``flock`` is shared, such as NFSv4). The loser then writes through the normal path: its
-        keys are checked against the winner's and its commit conflict-checked.
+        would both land. Here the creation is ``mode="error"`` with no commit retry: its commit
+        file ``00000000000000000000.json`` is written only if absent (an atomic no-replace rename
+        on a local disk, a conditional put on an object store), so exactly one creator wins,
+        across processes and hosts, with no lock file.
         """
-        locks = self.root / LOCK_DIR
-        locks.mkdir(parents=True, exist_ok=True)
-        self.path(name).parent.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"{name}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        from deltalake import CommitProperties, Transaction, write_deltalake
+
+        txns = [Transaction(app_id=app_id, version=app_version)] if app_id and app_version is not None else None
+        props = CommitProperties(custom_metadata=_stringify(meta), app_transactions=txns, max_commit_retries=0)
+        try:
+            write_deltalake(str(self.path(name)), table, mode="error", partition_by=list(spec.partition_by) or None,
+                            name=name, description=spec.description or None, commit_properties=props,
+                            storage_options=self.storage_options)
+        except Exception:
+            if self.exists(name):
+                return False  # lost the race: version 0 is another writer's
+            raise
+        return True
 
     def _refuse_existing_keys(self, name: str, spec: TableSpec, table: pa.Table, *,
                               version: int | None = None) -> None:

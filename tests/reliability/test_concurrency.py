@@ -6,6 +6,8 @@ held at a rendezvous and released together, so their commits collide. Delta's op
 concurrency turns a collision into a commit conflict: ``Lakehouse.write`` retries it, and a
 retry that would now duplicate a primary key is refused with a ContractViolation.
 The default run repeats each race a few times; ``-m reliability_long`` many more, with more writers.
+Each table race runs twice: on a local folder and on an S3-compatible object store (a loopback
+server, tests/services/s3server.py), where there is no lock file and commits are conditional puts.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from qsdk import storage
 from qsdk.errors import ContractViolation, LakehouseError
 from qsdk.lakehouse.contract import TableSpec
 from qsdk.lakehouse.tables import Lakehouse
@@ -38,8 +41,14 @@ def _rows(keys: range, year: int, src: str) -> pa.Table:
                      "src": [src] * len(keys)})
 
 
-def _seeded(tmp_path, rep: int) -> Lakehouse:
-    lake = Lakehouse(tmp_path / f"lake{rep}", {"silver.t": SPEC})
+@pytest.fixture(params=["local", "s3"])
+def where(request, tmp_path) -> str:
+    """The base of the test's lakehouses: a local folder, or a fresh ``s3://`` prefix."""
+    return str(tmp_path) if request.param == "local" else request.getfixturevalue("s3_root")
+
+
+def _seeded(where: str, rep: int) -> Lakehouse:
+    lake = Lakehouse(f"{where}/lake{rep}", {"silver.t": SPEC})
     lake.write("silver.t", _rows(range(SEED_ROWS), 2000, "seed"), mode="append")
     lake.write("silver.t", _rows(range(1000, 1050), 2001, "seed"), mode="append")
     assert state(lake, "silver.t") == TableState(1, SEED_ROWS + 50)
@@ -77,9 +86,9 @@ def _frame(lake: Lakehouse):
 
 
 @pytest.mark.parametrize("reps, writers", [SHORT, LONG])
-def test_concurrent_appends_of_disjoint_keys_lose_nothing(tmp_path, reps, writers):
+def test_concurrent_appends_of_disjoint_keys_lose_nothing(where, reps, writers):
     for rep in range(reps):
-        lake = _seeded(tmp_path, rep)
+        lake = _seeded(where, rep)
         outcomes = _race(writers, lambda i, lake=lake: lake.write(
             "silver.t", _rows(range(10_000 * (i + 1), 10_000 * (i + 1) + 200), 2002, f"w{i}"), mode="append"))
         assert _committed(outcomes) == [2 + i for i in range(writers)], outcomes  # every append landed
@@ -90,10 +99,10 @@ def test_concurrent_appends_of_disjoint_keys_lose_nothing(tmp_path, reps, writer
 
 
 @pytest.mark.parametrize("reps, writers", [SHORT, LONG])
-def test_concurrent_appends_of_the_same_keys_commit_once(tmp_path, reps, writers):
+def test_concurrent_appends_of_the_same_keys_commit_once(where, reps, writers):
     """The append that loses the race must not duplicate keys: a conflict, then a clear refusal."""
     for rep in range(reps):
-        lake = _seeded(tmp_path, rep)
+        lake = _seeded(where, rep)
         outcomes = _race(writers, lambda i, lake=lake: lake.write("silver.t", _rows(range(500, 540), 2003, f"w{i}"),
                                                        mode="append"))
         assert _committed(outcomes) == [2], outcomes
@@ -107,10 +116,10 @@ def test_concurrent_appends_of_the_same_keys_commit_once(tmp_path, reps, writers
 
 @pytest.mark.parametrize("existing", [True, False], ids=["existing-partition", "new-partition"])
 @pytest.mark.parametrize("reps, writers", [SHORT, LONG])
-def test_concurrent_overwrites_of_one_partition_leave_exactly_one(tmp_path, reps, writers, existing):
+def test_concurrent_overwrites_of_one_partition_leave_exactly_one(where, reps, writers, existing):
     year = 2001 if existing else 2004
     for rep in range(reps):
-        lake = _seeded(tmp_path, rep)
+        lake = _seeded(where, rep)
         outcomes = _race(writers, lambda i, lake=lake: lake.write(
             "silver.t", _rows(range(2000 + 7 * i, 2000 + 7 * i + 30), year, f"w{i}"),
             mode="overwrite", predicate=f"year = {year}"))
@@ -128,9 +137,9 @@ def test_concurrent_overwrites_of_one_partition_leave_exactly_one(tmp_path, reps
 
 
 @pytest.mark.parametrize("reps, writers", [SHORT, LONG])
-def test_concurrent_merges_on_the_same_keys_never_duplicate(tmp_path, reps, writers):
+def test_concurrent_merges_on_the_same_keys_never_duplicate(where, reps, writers):
     for rep in range(reps):
-        lake = _seeded(tmp_path, rep)
+        lake = _seeded(where, rep)
         keys = range(80, 140)  # 80..99 exist, 100..139 are new
         outcomes = _race(writers, lambda i, lake=lake, keys=keys: lake.write(
             "silver.t", _rows(keys, 2005, f"w{i}"), mode="merge"))
@@ -143,11 +152,12 @@ def test_concurrent_merges_on_the_same_keys_never_duplicate(tmp_path, reps, writ
         assert len(merged) == len(keys) and merged.src.nunique() == 1  # the last merge, whole
 
 
-def test_concurrent_first_writes_creating_a_table_do_not_duplicate(tmp_path):
+def test_concurrent_first_writes_creating_a_table_do_not_duplicate(where):
     """Delta does not conflict-check creation (delta-rs commits a second concurrent creation as
-    version 1); qsdk serialises it, so the loser's keys are checked against the winner's."""
-    for rep in range(5):  # without the creation lock the race shows in (nearly) every attempt
-        lake = Lakehouse(tmp_path / f"new{rep}", {"silver.t": SPEC})
+    version 1); qsdk's creation commit is version 0 or nothing (written only if absent, no retry),
+    so the loser's keys are checked against the winner's. No lock file is involved."""
+    for rep in range(5):  # without that the race shows in (nearly) every attempt
+        lake = Lakehouse(f"{where}/new{rep}", {"silver.t": SPEC})
         outcomes = _race(2, lambda i, lake=lake: lake.write("silver.t", _rows(range(40), 2000, f"w{i}"),
                                                             mode="append"))
         assert _committed(outcomes) == [0], outcomes
@@ -155,6 +165,7 @@ def test_concurrent_first_writes_creating_a_table_do_not_duplicate(tmp_path):
         assert "would duplicate 40 existing primary key(s)" in str(refused)
         assert state(lake, "silver.t") == TableState(0, 40)
         assert not _frame(lake).k.duplicated().any()
+    assert not storage.listdir(storage.location(where) / f"new{rep}" / "_qsdk_locks")
 
 
 def _create_in_process(root: str, start: int, src: str, barrier) -> None:
@@ -169,14 +180,14 @@ def _create_in_process(root: str, start: int, src: str, barrier) -> None:
         pass  # the overlapping writer that lost: its keys are already there
 
 
-def test_processes_creating_one_table_at_once_keep_every_key_once(tmp_path):
+def test_processes_creating_one_table_at_once_keep_every_key_once(where):
     """Three processes (as Ray workers are) create one table at once: two write overlapping keys,
     one disjoint keys. Every key lands exactly once and nothing disjoint is lost."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, like a Ray worker
     for rep in range(3):
-        root = str(tmp_path / f"procs{rep}")
+        root = f"{where}/procs{rep}"  # the children inherit the store's AWS_* variables
         barrier = ctx.Barrier(3)
         procs = [ctx.Process(target=_create_in_process, args=(root, start, f"p{i}", barrier))
                  for i, start in enumerate((0, 0, 1000))]
