@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 FLOWS  := $(shell sed -n 's/^  \([a-z_][a-z0-9_]*\):$$/\1/p' pipelines/*.yaml 2>/dev/null)
 
-.PHONY: install lock test test-fast test-reliability lint bench lab clean flow-% mlflow-ui snapshot dvc-sync \
+.PHONY: install lock test test-fast test-reliability lint bench lab clean flow-% mlflow-ui mlflow-server s3-server snapshot dvc-sync \
         qsdk check dvc-dag dvc-repro
 
 UV      = $(VENV)/bin/uv
@@ -70,6 +70,25 @@ mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
 		--backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts
 
+## make mlflow-server [MLFLOW_PORT=5000]: an MLflow tracking server on 127.0.0.1 that also serves the
+## artifacts (--serve-artifacts), its runs and artifacts under $(MLFLOW_SERVER_DIR); point every
+## process of a run at it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT). Its store is its
+## own: the embedded mlflow.db records artifact folders on this machine, which a cluster cannot reach.
+MLFLOW_SERVER_DIR ?= $(CURDIR)/.mlflow-server
+mlflow-server: $(STAMP)
+	mkdir -p $(MLFLOW_SERVER_DIR)
+	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
+		--backend-store-uri sqlite:///$(MLFLOW_SERVER_DIR)/mlflow.db \
+		--serve-artifacts --artifacts-destination $(MLFLOW_SERVER_DIR)/artifacts
+
+## make s3-server [S3_PORT=9000]: a loopback S3-compatible server for trying the object-store lakehouse
+## (tests/services/s3server.py: moto, in memory, gone when stopped); then, e.g.:
+##   AWS_ENDPOINT_URL=http://127.0.0.1:9000 AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=dev \
+##   AWS_SECRET_ACCESS_KEY=dev AWS_REGION=us-east-1 QSDK_LAKEHOUSE=s3://qsdk/lake make flow-backfill
+S3_PORT ?= 9000
+s3-server: $(STAMP)
+	$(PY) -m tests.services.s3server --port $(S3_PORT) --bucket qsdk
+
 ## make snapshot NAME=gold [TABLES="silver.prices ..."]: freeze tables into a DVC-tracked golden
 ## snapshot (snapshots/NAME.dvc) and push it to the default DVC remote (.dvc/config: qsdk-local)
 snapshot: $(STAMP)
@@ -96,7 +115,7 @@ dvc-sync: $(STAMP)
 	$(QSDK) dvc sync
 
 clean:
-	rm -rf runs lakehouse lakehouse-repro mlflow.db mlartifacts .pytest_cache .mypy_cache .import_linter_cache
+	rm -rf runs lakehouse lakehouse-repro mlflow.db mlartifacts .mlflow-server .pytest_cache .mypy_cache .import_linter_cache
 
 ## re-execute the notebooks under notebooks/ and save their outputs (after an intended change)
 regen-notebooks: $(STAMP)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
-from tests.services.fixtures import s3_env, s3_root, s3_server  # noqa: F401 (fixtures)
+from tests.services.fixtures import mlflow_server, s3_env, s3_root, s3_server  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,31 +34,15 @@ class S3Server:
 
 def start_s3_server() -> S3Server:
     """Start ``tests.services.s3server`` on a free loopback port; wait until it serves."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.services.s3server", "--port", "0"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.services.s3server", "--port", "0",
+                             "--bucket", BUCKET], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)
     line = proc.stdout.readline() if proc.stdout else ""
     if not line.startswith("listening on "):
         proc.kill()
         raise RuntimeError(f"the test S3 server did not start (said {line!r}, exit {proc.poll()})")
-    server = S3Server(line.split()[-1], BUCKET, proc)
-    _create_bucket(server)
-    return server
-
-
-def _create_bucket(server: S3Server) -> None:
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
-                          aws_access_key_id="qsdk-test", aws_secret_access_key="qsdk-test-secret")
-    for attempt in range(50):
-        try:
-            client.create_bucket(Bucket=server.bucket)
-            return
-        except Exception:  # noqa: BLE001 (the server is still starting: retried, then raised)
-            if attempt == 49:
-                raise
-            time.sleep(0.1)
+    return S3Server(line.split()[-1], BUCKET, proc)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -104,3 +87,62 @@ def free_port() -> int:
 
 
 
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    uri: str
+    folder: Path  # its store and the artifacts it serves
+    process: subprocess.Popen[str]
+
+
+def start_mlflow_server(folder: Path, *, timeout: float = 180) -> MlflowServer:
+    """Run ``make mlflow-server``'s own command on a free loopback port; wait until it answers."""
+    import os
+    import time
+    import urllib.request
+
+    port = free_port()
+    recipe = subprocess.run(  # `make -n`: the target's commands, not run (-o: never reinstall)
+        ["make", "-s", "-n", "-o", ".venv/.installed", "mlflow-server", f"MLFLOW_PORT={port}",
+         f"MLFLOW_SERVER_DIR={folder}"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    proc = subprocess.Popen(["bash", "-c", recipe.replace("\\\n", " ")], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return MlflowServer(uri, folder, proc)
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, 9) if proc.poll() is None else None
+            raise RuntimeError(f"mlflow server did not answer on {uri} (exit {proc.poll()})")
+        time.sleep(0.2)
+
+
+def stop_group(proc: subprocess.Popen[str]) -> None:
+    """Stop the process group this fixture started (the server and its workers), nothing else."""
+    import os
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowServer]:
+    """A tracking server serving its artifacts; MLFLOW_TRACKING_URI points at it for the test."""
+    server = start_mlflow_server(tmp_path / "mlflow-server")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    try:
+        yield server
+    finally:
+        stop_group(server.process)
