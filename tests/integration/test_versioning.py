@@ -394,3 +394,36 @@ def test_a_snapshot_that_cannot_be_taken_fails_the_run_after_every_hook(repo: Re
     assert result.status == "failed" and "remote unreachable" in result.extra["snapshot"]["error"]
     manifest = json.loads((Path(result.run_dir) / "run.json").read_text())
     assert manifest["status"] == "failed" and manifest["snapshot"]["name"] == "later"
+
+def test_snapshot_of_an_s3_lakehouse_to_an_s3_remote_and_back(tmp_path: Path, s3_env, monkeypatch):
+    """QSDK_LAKEHOUSE and QSDK_DVC_REMOTE on one object store (a loopback S3 server): the snapshot
+    is pushed there, and a restore with neither the snapshot folder nor the DVC cache on this
+    machine pulls it back from there."""
+    import boto3
+
+    repo = Repo(tmp_path)
+    repo.lake = s3_env.url("lake-snap")
+    remote = s3_env.url("dvc-remote")
+    for key, value in {"QSDK_LAKEHOUSE": repo.lake, "QSDK_DVC_REMOTE": remote, **s3_env.env}.items():
+        repo.env[key] = value
+        monkeypatch.setenv(key, value)
+    lake = repo.sdk().lakehouse
+    lake.write("bronze.prices_raw", bars(["AAA", "BBB"], 5), mode="overwrite")
+    lake.write("silver.corporate_actions", actions(2), mode="overwrite")
+    frozen = {t: lake.read(t) for t in ("bronze.prices_raw", "silver.corporate_actions")}
+
+    gold = json.loads(repo.sh("qsdk", "snapshot", "create", "gold", "--json").stdout)
+    assert gold["tables"]["bronze.prices_raw"] == {"version": 0, "rows": 10}
+    s3 = boto3.client("s3", endpoint_url=s3_env.endpoint)
+    pushed = s3.list_objects_v2(Bucket=s3_env.bucket, Prefix="dvc-remote/").get("KeyCount", 0)
+    assert pushed >= 3, pushed  # the manifest and a part file per table, on the object store
+    assert not (tmp_path / "dvc-remote").exists()  # not the local default remote
+
+    lake.write("bronze.prices_raw", bars(["AAA"], 5, price=99.0), mode="merge")
+    lake.write("silver.corporate_actions", actions(1), mode="overwrite")
+    shutil.rmtree(repo.root / "snapshots" / "gold")
+    shutil.rmtree(cache_dir(repo.root))  # only the object store has the data now
+    report = json.loads(repo.sh("qsdk", "snapshot", "restore", "gold", "--force", "--json").stdout)
+    for table, rows in frozen.items():
+        assert report["tables"][table]["status"] == "restored"
+        assert sorted_rows(lake.read(table)) == sorted_rows(rows)

@@ -79,6 +79,11 @@ def ensure_remote(cwd: Path) -> str:
     hash, so sharing is safe); ``$QSDK_DVC_REMOTE`` overrides its folder in ``config.local``.
     To use another remote, configure it the DVC way (``dvc remote add -d NAME URL``); qsdk then
     pushes there.
+
+    ``$QSDK_DVC_REMOTE`` may be ``s3://bucket/prefix`` (the object store a cluster's lakehouse is
+    on): its endpoint and region come from ``AWS_ENDPOINT_URL`` and ``AWS_REGION``, written into
+    ``config.local`` beside the URL; the credentials stay in the environment (dvc-s3 reads
+    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` itself) and never reach a file.
     """
     name = default_remote(cwd)
     if name and (name != DEFAULT_REMOTE_NAME or not os.environ.get(ENV_REMOTE)):
@@ -88,6 +93,10 @@ def ensure_remote(cwd: Path) -> str:
         url = str(Path(url).expanduser().resolve())
         Path(url).mkdir(parents=True, exist_ok=True)
     run("remote", "add", "--local", "--force", "--default", DEFAULT_REMOTE_NAME, url, cwd=cwd)
+    if url.startswith("s3://"):
+        for option, variable in (("endpointurl", "AWS_ENDPOINT_URL"), ("region", "AWS_REGION")):
+            if value := os.environ.get(variable):
+                run("remote", "modify", "--local", DEFAULT_REMOTE_NAME, option, value, cwd=cwd)
     return DEFAULT_REMOTE_NAME
 
 
