@@ -15,7 +15,7 @@ TASK = "qsdk.task"
 LAKEHOUSE = "qsdk.lakehouse"  # the lakehouse root a run wrote to
 
 # folders qsdk keeps inside a lakehouse root, beside the tables (the direct-write guard skips them)
-LOCK_DIR = "_qsdk_locks"  # one lock file per table, taken only to create it
+LOCK_DIR = "_qsdk_locks"  # lock files of older versions (creation takes none now); still skipped
 SANDBOX_DIR = "_sandbox"  # interactive sessions' writes (%qsdk stage), one folder per user
 
 # MLflow tags and params

@@ -24,12 +24,12 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
 
 from qsdk import names as qnames
+from qsdk import storage
 from qsdk.config import DEFAULT_EXECUTOR, Config
 from qsdk.errors import QsdkError, UnknownNameError
 from qsdk.execution.executors import Executor
@@ -63,7 +63,7 @@ class Recorded:
     flow: str
     stages: list[str]
     params: dict[str, dict[str, Any]]
-    lakehouse: Path
+    lakehouse: storage.Location  # a folder or s3://bucket/prefix
     reads: dict[str, set[int]] = field(default_factory=dict)
     writes: dict[str, list[int]] = field(default_factory=dict)
 
@@ -319,7 +319,7 @@ def recorded(mlflow_run_id: str, *, tracking_uri: str) -> Recorded:
     else:
         stages = [tags[qnames.STAGE]]
         params = {stages[0]: tracking.params_of(c, run)}
-    rec = Recorded(mlflow_run_id, kind, run_id, flow, stages, params, Path(tags[qnames.LAKEHOUSE]))
+    rec = Recorded(mlflow_run_id, kind, run_id, flow, stages, params, storage.location(tags[qnames.LAKEHOUSE]))
     for r in task_runs:
         for key, value in r.data.tags.items():
             if key.startswith("delta.read."):

@@ -34,7 +34,7 @@ WriteMode = Literal["append", "overwrite", "merge"]
 WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "merge")
 Filters = Sequence[tuple[str, str, Any]] | None
 _CONFLICT_RETRIES = 8
-LOCK_DIR = qnames.LOCK_DIR  # under the root of lakehouses written before creation was lock-free
+LOCK_DIR = qnames.LOCK_DIR  # lock files older versions took to create a table (none now)
 _KEEP = "qsdk_undo_keep"  # undo_keys: marks keys whose earlier row is put back (else deleted)
 
 

@@ -19,6 +19,7 @@ from qsdk.config import Config
 from qsdk.errors import ConfigError, ContractViolation
 from qsdk.lakehouse import Lakehouse, TableSpec
 from qsdk.lakehouse.lineage import table_lineage
+from qsdk.reproduce import reproduce
 
 SPEC = TableSpec("silver.t", {"k": "int64", "year": "int32", "src": "string"}, primary_key=("k",),
                  partition_by=("year",))
@@ -106,9 +107,11 @@ qsdk.write_table("gold.n", __import__("pandas").DataFrame({"year": [year], "n": 
                  mode="overwrite", predicate=f"year = {year}")"""
 
 
-def test_a_flow_runs_caches_and_lists_on_an_object_store_lakehouse(project, s3_root, monkeypatch):
+def test_a_flow_runs_caches_lists_and_reproduces_on_an_object_store_lakehouse(project, s3_env, s3_root,
+                                                                              monkeypatch):
     """A two-stage flow writes through the contract and commits on S3; its cache records live
-    there too (a re-run is a no-op), and ``qsdk tables`` lists the tables from there."""
+    there too (a re-run is a no-op), ``qsdk tables`` lists the tables from there, and
+    ``reproduce`` re-runs it into a lakehouse beside it with identical rows."""
     project.table("silver.t", {"k": "int64", "year": "int64", "src": "string"}, primary_key=["k"],
                   partition_by=["year"])
     project.table("gold.n", {"year": "int64", "n": "int64"}, primary_key=["year"])
@@ -120,7 +123,7 @@ def test_a_flow_runs_caches_and_lists_on_an_object_store_lakehouse(project, s3_r
 
     sdk = QuantSDK(project.root, runs_dir=project.root / "runs")
     assert str(sdk.config.lakehouse_root) == s3_root
-    first = sdk.run_pipeline("f", executor="local", track=False)
+    first = sdk.run_pipeline("f", executor="local")  # tracked: reproduce reads the run back
     assert first.status == "succeeded", first
     assert sdk.lakehouse.read("gold.n").to_pylist() == [{"year": 2000, "n": 10}]
     assert storage.listdir(storage.location(s3_root) / "_qsdk_cache") == ["r", "w"]
@@ -132,3 +135,7 @@ def test_a_flow_runs_caches_and_lists_on_an_object_store_lakehouse(project, s3_r
     listed = {t["name"]: t for t in json.loads(out.stdout)}
     assert listed["silver.t"]["rows"] == 10 and listed["silver.t"]["path"] == f"{s3_root}/silver/t"
     assert listed["gold.n"]["version"] == 0
+    # time travel: reproduce re-runs the flow into s3://.../lakehouse-repro/<run> and compares
+    report = reproduce(first.run_id, config=sdk.config, track=False)
+    assert report.lakehouse.startswith(f"{s3_env.url('lakehouse-repro')}/"), report.lakehouse
+    assert report.identical, report.to_dict()
