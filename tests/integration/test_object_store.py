@@ -139,3 +139,20 @@ def test_a_flow_runs_caches_lists_and_reproduces_on_an_object_store_lakehouse(pr
     report = reproduce(first.run_id, config=sdk.config, track=False)
     assert report.lakehouse.startswith(f"{s3_env.url('lakehouse-repro')}/"), report.lakehouse
     assert report.identical, report.to_dict()
+
+
+def test_a_sandbox_on_the_object_store_and_promote_from_it(project, s3_root):
+    """``%qsdk stage`` writes land in ``s3://.../_sandbox/<user>``; promote copies them into the
+    production table with the contract checked, and records where they came from."""
+    from qsdk.lakehouse import sandbox
+
+    project.table("silver.t", {"k": "int64", "year": "int32", "src": "string"}, primary_key=["k"]).save()
+    config = Config.load(project.root, lakehouse_root=s3_root)
+    mine = Lakehouse(sandbox.sandbox_root(config.lakehouse_root, "tester"), {"silver.t": SPEC})
+    assert str(mine.root) == f"{s3_root}/_sandbox/tester"
+    mine.write("silver.t", rows(range(4), 2000, "sandbox"), mode="append")
+    production = Lakehouse(config.lakehouse_root, {"silver.t": SPEC})
+    assert production.list_tables() == []  # `_sandbox` is no layer: no production table yet
+    assert sandbox.promote("silver.t", user="tester", config=config) == 0
+    assert production.read("silver.t").column("src").to_pylist() == ["sandbox"] * 4
+    assert production.commit_info("silver.t", 0)["qsdk.promoted_from"] == f"{s3_root}/_sandbox/tester/silver/t"
