@@ -20,6 +20,7 @@ from qsdk.lakehouse.loader import DataLoader
 from qsdk.lakehouse.stagecontext import StageContext
 from qsdk.lakehouse.tables import Lakehouse, TableInfo, WriteMode
 from qsdk.model.registry import Problem, Registry
+from qsdk.storage import Location
 
 if TYPE_CHECKING:
     from qsdk.graph import FlowGraph
@@ -35,7 +36,7 @@ class Exploration:
     stage: str
     parameters: dict[str, Any]
     context: StageContext
-    sandbox: Path
+    sandbox: Location  # a folder, or s3://.../_sandbox/<user>
 
     def describe(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.parameters.items()) or "(none)"
@@ -336,7 +337,7 @@ class QuantSDK:
         root = sandbox.sandbox_root(self.config.lakehouse_root, who)
         mine = Lakehouse(root)
         context = runtime.new_context(
-            self.registry, run_id=f"interactive-{who}", stage=spec.name, lakehouse_root=self.config.lakehouse_root,
+            self.registry, run_id=f"interactive-{who}", stage=spec.name, lakehouse_root=str(self.config.lakehouse_root),
             inputs=spec.inputs, outputs=spec.outputs, staging_dir=None,
             read_roots={t: str(root) for t in spec.outputs if mine.exists(t)},
             extra={"interactive": True, "sandbox": str(root), "user": who},

@@ -20,6 +20,7 @@ from qsdk.lakehouse.contract import TableSpec, conform, validate_table_name
 from qsdk.lakehouse.featureviews import FeatureView, resolve
 from qsdk.lakehouse.tables import Filters, Lakehouse, WriteMode
 from qsdk.lazyimport import lazy_module
+from qsdk.storage import ObjectPath
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -43,7 +44,7 @@ class WriteReceipt:
         return f"<write {self.table} {self.mode} {self.rows} rows: {state}>"
 
 
-def _lakehouse(context: runtime.StageContext | None, root: str | Path | None = None) -> Lakehouse:
+def _lakehouse(context: runtime.StageContext | None, root: str | Path | ObjectPath | None = None) -> Lakehouse:
     """The stage's lakehouse with its tables' contracts; without a stage, the lakehouse at
     ``root`` (default: the project's) for reading (reads need no contract; writes need a stage)."""
     if context is not None:
@@ -66,7 +67,7 @@ class DataLoader:
     """
 
     def __init__(self, *, context: runtime.StageContext | None = None,
-                 lakehouse_root: str | Path | None = None) -> None:
+                 lakehouse_root: str | Path | ObjectPath | None = None) -> None:
         """``context``: default, the active stage's; ``lakehouse_root``: where to read when no
         stage is active (default: the project's lakehouse)."""
         self.context = context or runtime.current()

@@ -53,7 +53,7 @@ def sandbox_root(lakehouse_root: str | Path | storage.ObjectPath, user: str | No
 def promote(
     table: str,
     *,
-    lakehouse_root: str | Path,
+    lakehouse_root: str | Path | storage.ObjectPath,
     specs: Mapping[str, TableSpec],
     mode: WriteMode = "append",
     predicate: str | None = None,

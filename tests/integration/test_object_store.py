@@ -153,6 +153,7 @@ def test_a_sandbox_on_the_object_store_and_promote_from_it(project, s3_root):
     mine.write("silver.t", rows(range(4), 2000, "sandbox"), mode="append")
     production = Lakehouse(config.lakehouse_root, {"silver.t": SPEC})
     assert production.list_tables() == []  # `_sandbox` is no layer: no production table yet
-    assert sandbox.promote("silver.t", user="tester", config=config) == 0
+    assert sandbox.promote("silver.t", lakehouse_root=config.lakehouse_root, specs={"silver.t": SPEC},
+                           user="tester") == 0
     assert production.read("silver.t").column("src").to_pylist() == ["sandbox"] * 4
     assert production.commit_info("silver.t", 0)["qsdk.promoted_from"] == f"{s3_root}/_sandbox/tester/silver/t"

@@ -395,6 +395,7 @@ def test_a_snapshot_that_cannot_be_taken_fails_the_run_after_every_hook(repo: Re
     manifest = json.loads((Path(result.run_dir) / "run.json").read_text())
     assert manifest["status"] == "failed" and manifest["snapshot"]["name"] == "later"
 
+
 def test_snapshot_of_an_s3_lakehouse_to_an_s3_remote_and_back(tmp_path: Path, s3_env, monkeypatch):
     """QSDK_LAKEHOUSE and QSDK_DVC_REMOTE on one object store (a loopback S3 server): the snapshot
     is pushed there, and a restore with neither the snapshot folder nor the DVC cache on this
