@@ -142,8 +142,10 @@ class QuantSDK:
         hooks = list(hooks)
         if track:
             from qsdk.integrations.mlflow import MlflowTracking
+            from qsdk.integrations.tracker import BackgroundTracking
 
-            hooks.append(MlflowTracking(tracking_uri=self.config.tracking_uri))
+            # MLflow in a helper process, beside the run rather than before it (issue 16)
+            hooks.append(BackgroundTracking(MlflowTracking(tracking_uri=self.config.tracking_uri)))
         if track or snapshot:
             hooks.append(versioning.VersioningHook())
         result = run_flow(flow, registry=self.registry, config=self.config, params=params,

@@ -22,6 +22,7 @@ from urllib.parse import unquote
 from qsdk import names as qnames
 from qsdk import storage
 from qsdk.errors import FailureReason, KernelBootstrapError, QsdkError, StageFailed
+from qsdk.execution import tracking_ref
 from qsdk.execution.context import ENV_CONTEXT, StageContext
 from qsdk.lakehouse import guard, staging
 from qsdk.lakehouse.contract import TableSpec
@@ -453,7 +454,7 @@ def _commit(task: Task) -> dict[str, int]:
         qnames.STAGE: ctx.stage,
         qnames.PARTITION: ctx.partition or "",
         qnames.INPUTS: staging.recorded_reads(task.staging_dir),
-        **{f"qsdk.{k}": v for k, v in ctx.tracking.items()},
+        **{f"qsdk.{k}": v for k, v in tracking_ref.resolve(ctx.tracking).items()},
     }
     app_prefix = f"qsdk:{ctx.run_id}:{ctx.stage}:{ctx.partition or '-'}"
     return staging.commit_staged(task.staging_dir, lakehouse, app_prefix=app_prefix, metadata=metadata)

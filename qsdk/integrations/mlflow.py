@@ -364,16 +364,21 @@ class MlflowTracking(Hook):
             with_retry(c.set_terminated, stage_run, status="FINISHED" if state.stage_ok[stage] else "FAILED")
             state.open_runs.discard(stage_run)
 
+    def warm(self) -> None:
+        """Import what logging a finished task needs (nbconvert for the HTML), ahead of need:
+        :class:`~qsdk.integrations.tracker.BackgroundTracking` calls it while it waits."""
+        if self.html and self._exporter is None:
+            from nbconvert import HTMLExporter
+
+            self._exporter = HTMLExporter()
+
     def _log_notebook(self, c: MlflowClient, run_id: str, notebook: Path) -> None:
         if not notebook.is_file():
             return
         with_retry(c.log_artifact, run_id, str(notebook), "notebook")
         if not self.html:
             return
-        if self._exporter is None:
-            from nbconvert import HTMLExporter
-
-            self._exporter = HTMLExporter()
+        self.warm()
         body, _ = self._exporter.from_filename(str(notebook))
         with tempfile.TemporaryDirectory() as tmp:
             html = Path(tmp) / f"{notebook.stem}.html"
@@ -422,8 +427,10 @@ def _task_target() -> tuple[MlflowClient, str] | None:
     global _warned
     from qsdk.execution import context as runtime
 
+    from qsdk.execution.tracking_ref import resolve
+
     ctx = runtime.current()
-    tracking = ctx.tracking if ctx is not None else {}
+    tracking = resolve(ctx.tracking) if ctx is not None else {}
     if RUN_ID_KEY in tracking and URI_KEY in tracking:
         return client(tracking[URI_KEY]), tracking[RUN_ID_KEY]
     if not _warned:  # a notice on stderr, not a warning: no caller path, shown once per kernel
