@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"local (sequential, in this process) or ray (partitions in parallel); "
                           f"default: {DEFAULT_EXECUTOR}")
     run.add_argument("--ray-address", metavar="ADDR",
-                     help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
+                     help="join this Ray cluster (default: $RAY_ADDRESS, else this project's long-lived "
+                          "local Ray head, started on first use); 'embedded': a throw-away Ray for this run")
     run.add_argument("--only", action="append", default=[], metavar="STAGE", help="run only this stage")
     run.add_argument("--from", dest="from_", action="append", default=[], metavar="STAGE",
                      help="run this stage and everything downstream of it")
@@ -83,7 +84,41 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--executor", default=DEFAULT_EXECUTOR, help=f"local or ray; default: {DEFAULT_EXECUTOR}")
     repro.add_argument("--json", action="store_true")
     _add_versioning(sub)
+    _add_ray(sub)
     return parser
+
+
+def _add_ray(sub: Any) -> None:
+    ray = sub.add_parser("ray", help="this project's long-lived local Ray head (started by the first run on "
+                                     "Ray, stopped after $QSDK_RAY_IDLE_TIMEOUT seconds idle)")
+    ray_sub = ray.add_subparsers(dest="ray_command", required=True)
+    ray_sub.add_parser("status", help="is the head up: address, pid, idle timeout").add_argument(
+        "--json", action="store_true")
+    ray_sub.add_parser("stop", help="stop the head and its Ray processes")
+
+
+def _ray(args: argparse.Namespace) -> int:
+    """``qsdk ray status|stop``: exit 0; ``status`` exits 1 when no head runs."""
+    import time
+
+    from qsdk.config import Config
+    from qsdk.execution.executors import rayhead
+
+    root = Config.load(args.project).project_root
+    if args.ray_command == "stop":
+        stopped = rayhead.stop(root)
+        print(f"stopped the Ray head at {stopped.address} (pid {stopped.pid})" if stopped
+              else f"no Ray head runs for {root}")
+        return 0
+    info = rayhead.status(root)
+    if args.json:
+        print(json.dumps(info.to_dict() if info else None))
+    elif info is None:
+        print(f"no Ray head runs for {root}; the next `qsdk run` on Ray starts one")
+    else:
+        print(f"Ray head {info.address} (pid {info.pid}, {info.num_cpus} CPUs), up {time.time() - info.started:.0f} s, "
+              f"stops after {info.idle_timeout:g} s without a run; state in {rayhead.state_dir(root)}")
+    return 0 if info else 1
 
 
 def _add_picture_options(show: Any) -> None:
@@ -234,7 +269,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     handler = {"run": _run, "list": _list, "show": _show, "tables": _tables, "lineage": _lineage,
                "reproduce": _reproduce, "status": _status, "dvc": _dvc, "snapshot": _snapshot,
                "features": _features, "restore": _restore, "check": _check,
-               "runs": _runs, "import-script": _import_script, "checks": _checks}[args.command]
+               "runs": _runs, "import-script": _import_script, "checks": _checks, "ray": _ray}[args.command]
     return handler(args)
 
 

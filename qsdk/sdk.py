@@ -120,17 +120,20 @@ class QuantSDK:
         ``cache``: skip tasks whose code, parameters and inputs are unchanged since their last
         success; ``force``: re-run all stages (``True``) or the named ones regardless.
         ``executor``: ``"local"`` (sequential, in this process) or ``"ray"`` (partitions in
-        parallel on an embedded Ray, or on the cluster at ``ray_address`` / ``$RAY_ADDRESS``);
-        the default is :data:`qsdk.config.DEFAULT_EXECUTOR`, as for every front-end.
+        parallel: on the cluster at ``ray_address`` / ``$RAY_ADDRESS``, else on this project's
+        long-lived local Ray head, started by the first run; ``ray_address="embedded"`` or
+        ``$QSDK_RAY=embedded``: a throw-away Ray for this run).
+        The default is :data:`qsdk.config.DEFAULT_EXECUTOR`, as for every front-end.
         ``snapshot``: after a successful run, freeze the flow's output tables, at the versions
         it wrote, into golden snapshot NAME (:mod:`qsdk.integrations.dvc`); if that fails the
         run's status is ``failed`` and ``result.extra["snapshot"]["error"]`` says why. It is done
         here, after every hook: no hook changes the status or depends on another's order.
         """
-        if ray_address is not None:
-            if executor != "ray":
-                raise ParameterError(f"ray_address= goes with executor='ray', not {executor!r}")
-            executor = get_executor("ray", address=ray_address)
+        if ray_address is not None and executor != "ray":
+            raise ParameterError(f"ray_address= goes with executor='ray', not {executor!r}")
+        # Ray is reached (built lazily, at the first task that runs) by address, or else through
+        # this project's long-lived head (qsdk.execution.executors.rayhead)
+        options = {"address": ray_address, "project_root": self.config.project_root} if executor == "ray" else {}
         flow = self.registry.flow(name).select(only=only, from_=from_)
         from qsdk.integrations import dvc as versioning
 
@@ -149,7 +152,7 @@ class QuantSDK:
         if track or snapshot:
             hooks.append(versioning.VersioningHook())
         result = run_flow(flow, registry=self.registry, config=self.config, params=params,
-                          executor=executor, hooks=hooks, cache=cache, force=force)
+                          executor=executor, executor_options=options, hooks=hooks, cache=cache, force=force)
         if snapshot:
             self._freeze(result, flow, snapshot)
         if track:

@@ -22,6 +22,9 @@ os.environ.pop("QSDK_LAKEHOUSE", None)
 os.environ.pop("QSDK_RUNS", None)
 # One throw-away MLflow store for the session; tests that need their own set it themselves.
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='qsdk-tests-mlflow-')}/mlflow.db"
+# Runs on Ray start a throw-away embedded Ray, not a long-lived head that would outlive the test
+# (tests of the head, tests/integration/test_ray_head.py, ask for one and stop it).
+os.environ["QSDK_RAY"] = "embedded"
 
 
 def write_notebook(path: Path, parameters: str, *cells: str) -> Path:

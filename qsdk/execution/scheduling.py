@@ -159,6 +159,7 @@ def run_flow(
     config: Config,
     params: Mapping[str, Any] | None = None,
     executor: Executor | str = DEFAULT_EXECUTOR,
+    executor_options: Mapping[str, Any] | None = None,
     hooks: Sequence[H.Hook] = (),
     run_id: str | None = None,
     pinned_versions: Mapping[str, int] | None = None,
@@ -170,7 +171,9 @@ def run_flow(
     these input tables from another lakehouse root (``qsdk reproduce`` reads the original
     lakehouse while writing to its own). ``cache``: skip tasks whose code, parameters and
     input data are unchanged since their last success (see :mod:`qsdk.cache`); ``force``:
-    re-run everything (``True``) or these stages even when cached."""
+    re-run everything (``True``) or these stages even when cached. ``executor_options``: passed to
+    ``get_executor`` when ``executor`` is a name (the executor is built at the first task that
+    is not cached, so a no-op re-run imports neither Ray nor a kernel)."""
     resolved = flow.resolve(params)  # every stage validated before any kernel starts
     run_id = run_id or new_run_id()
     run_dir = config.runs_dir / run_id
@@ -180,7 +183,7 @@ def run_flow(
     run_dir.mkdir(parents=True, exist_ok=True)
     hook_list = list(hooks)
     H.call(hook_list, "before_flow", run=state)
-    lazy = _LazyExecutor(executor)
+    lazy = _LazyExecutor(executor, executor_options or {})
     forced = set(flow.stage_names) if force is True else set(force or ())
     for name in forced:
         flow.stage(name)  # an unknown stage name is an error
@@ -206,13 +209,14 @@ class _LazyExecutor:
     """Starts the real executor on the first task that is not cached: a no-op re-run starts
     neither Ray nor a kernel."""
 
-    def __init__(self, executor: Executor | str) -> None:
+    def __init__(self, executor: Executor | str, options: Mapping[str, Any]) -> None:
         self._spec = executor
+        self._options = dict(options)
         self._ex: Executor | None = None
 
     def submit(self, task: Task) -> Future[TaskResult]:
         if self._ex is None:
-            self._ex = get_executor(self._spec) if isinstance(self._spec, str) else self._spec
+            self._ex = get_executor(self._spec, **self._options) if isinstance(self._spec, str) else self._spec
             self._ex.init()
         return self._ex.submit(task)
 

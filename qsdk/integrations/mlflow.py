@@ -426,7 +426,6 @@ def _task_target() -> tuple[MlflowClient, str] | None:
     """The client and run id of the running task, or ``None`` (warned once) outside a flow."""
     global _warned
     from qsdk.execution import context as runtime
-
     from qsdk.execution.tracking_ref import resolve
 
     ctx = runtime.current()

@@ -4,15 +4,18 @@ Only this module imports Ray; ``qsdk.execution.executors`` loads it when the ``r
 for. Life cycle:
 
 - ``init``: use the Ray session the caller already opened (a notebook, a test), else join the
-  cluster at ``address`` / ``$RAY_ADDRESS``, else start an embedded Ray sized to this machine,
-  without dashboard and listening on 127.0.0.1 only.
+  cluster at ``address`` / ``$RAY_ADDRESS``, else attach to the project's long-lived local head
+  (:mod:`qsdk.execution.executors.rayhead`, started on first use), else (``"embedded"``,
+  ``$QSDK_RAY=embedded``) start an embedded Ray sized to this machine; head and embedded Ray
+  have no dashboard and listen on 127.0.0.1 only.
 - ``submit``: one Ray task per stage partition. The task calls :func:`qsdk.execution.task.run_task`
   on a pre-warmed kernel from its worker's :class:`~qsdk.execution.kernels.KernelPool` and returns the
   :class:`TaskResult`; a notebook that raises comes back as a failed result (never retried:
   ``retry_exceptions=False``). A worker that dies (killed, out of memory) is retried up to the
   stage's ``retries`` (``max_retries``); commits are idempotent (Delta application
   transactions), so a retry never writes twice.
-- ``finalize``: shut Ray down only if ``init`` started or joined it.
+- ``finalize``: shut Ray down only if ``init`` started or joined it (leaving a long-lived head
+  running: only this driver disconnects).
 
 Ray starts worker processes with fork+exec (fresh interpreters), and kernels are started the
 same way, so no process forks after ``deltalake`` is loaded (its runtime does not survive a
@@ -24,9 +27,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ import ray
 import ray.exceptions as rex
 
 from qsdk.errors import ConfigError, FailureReason
+from qsdk.execution.executors import rayhead
 from qsdk.execution.executors.base import Executor
 from qsdk.execution.kernels import WALL_CLOCK_GRACE, KernelPool
 from qsdk.execution.task import Task, TaskResult
@@ -52,7 +57,11 @@ _RESERVED = {"num_cpus", "num_gpus", "memory"}
 
 
 class RayExecutor(Executor):
-    """``address``: a Ray cluster to join (default ``$RAY_ADDRESS``; unset: embedded Ray).
+    """``address``: a Ray cluster to join, or ``"embedded"`` for a throw-away Ray started and
+    stopped by this executor. Unset: ``$RAY_ADDRESS``, else (``$QSDK_RAY`` unset or ``head``)
+    the long-lived local head of ``project_root`` (:mod:`.rayhead`, started by the first run,
+    stopped after ``idle_timeout`` seconds without a run), else an embedded Ray
+    (:func:`.rayhead.target`). Without ``project_root`` there is no head to key: embedded.
 
     ``num_cpus``: CPUs of the embedded Ray (default: all of this machine's). ``prewarm``:
     kernels each worker keeps started ahead of need (0: start one per task). ``oom_retries``:
@@ -74,6 +83,8 @@ class RayExecutor(Executor):
         wall_clock_grace: float = WALL_CLOCK_GRACE,
         check_resources: bool = True,
         temp_dir: str | None = None,
+        project_root: str | Path | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.address = address
         self.num_cpus = num_cpus
@@ -82,6 +93,10 @@ class RayExecutor(Executor):
         self.wall_clock_grace = wall_clock_grace
         self.check_resources = check_resources
         self.temp_dir = temp_dir
+        self.project_root = project_root
+        self.idle_timeout = idle_timeout
+        self.head: rayhead.HeadInfo | None = None  # the long-lived head this executor joined
+        self._lease: ExitStack | None = None
         self._owns_session = False
         self._nodes: list[dict[str, float]] = []
         self._remote: Any = None
@@ -89,10 +104,12 @@ class RayExecutor(Executor):
     def init(self) -> None:
         if not ray.is_initialized():
             os.environ.setdefault(ENV_OOM_RETRIES, str(self.oom_retries))
-            address = self.address or os.environ.get(ENV_ADDRESS)
+            how, address = rayhead.target(self.address, project_root=self.project_root, env=os.environ)
             common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR,
                                       "namespace": "qsdk"}
-            if address:
+            if how == "head":
+                self._attach_head(common)
+            elif address:
                 # cluster processes do not inherit our environment: ship the import path
                 try:
                     ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}},
@@ -118,6 +135,29 @@ class RayExecutor(Executor):
         self._nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
         self._remote = ray.remote(_run_on_worker)  # type: ignore[arg-type]  # ray types remote() for zero-argument functions only
 
+    def _attach_head(self, common: dict[str, Any]) -> None:
+        """Join the project's long-lived head, starting it if none runs (:mod:`.rayhead`)."""
+        assert self.project_root is not None
+        self._lease = rayhead.take_lease(self.project_root)  # before ensure: no idle stop in between
+        deadline = time.monotonic() + rayhead.START_TIMEOUT
+        while True:
+            self.head = rayhead.ensure(self.project_root, num_cpus=self.num_cpus, idle_timeout=self.idle_timeout)
+            try:
+                _head_authentication()
+                with _embedded_environment():  # a 127.0.0.1 driver, as the head's node
+                    ray.init(address=self.head.address, **common)
+                return
+            except (ConnectionError, rex.RayError) as exc:
+                # a head that just came up on a loaded machine may not answer yet: try again
+                # (a head that died is replaced by ensure)
+                if time.monotonic() > deadline:
+                    self._lease.close()
+                    raise ConfigError(
+                        f"cannot join the project's Ray head at {self.head.address}: {_first_line(exc)}; "
+                        "`qsdk ray stop` and run again, or use --ray-address embedded",
+                        address=self.head.address) from exc
+                time.sleep(1.0)
+
     def submit(self, task: Task) -> Future[TaskResult]:
         if self._remote is None:
             raise RuntimeError("RayExecutor.submit before init()")
@@ -133,9 +173,12 @@ class RayExecutor(Executor):
 
     def finalize(self) -> None:
         if self._owns_session and ray.is_initialized():
-            ray.shutdown()
+            ray.shutdown()  # on the long-lived head: only this driver goes, the head stays
         self._owns_session = False
         self._remote = None
+        if self._lease is not None:
+            self._lease.close()
+            self._lease = None
 
     def _infeasible(self, options: Mapping[str, Any]) -> str | None:
         need = {"CPU": options["num_cpus"], "GPU": options.get("num_gpus", 0),
@@ -232,6 +275,22 @@ def _pythonpath() -> str:
     """Workers import this qsdk, from this source tree, whatever else is installed."""
     current = os.environ.get("PYTHONPATH")
     return os.pathsep.join([_SOURCE_ROOT, current] if current else [_SOURCE_ROOT])
+
+
+def _head_authentication() -> None:
+    """Authenticate to the head as Ray authenticates to a local cluster it finds by itself.
+
+    A new local Ray (the head, like the embedded Ray) turns token authentication on by default
+    with the user's token (``~/.ray/auth_token``); a driver that joins by address turns it on
+    only if ``$RAY_AUTH_MODE`` says so. Ray's own rule for joining a local cluster ("on when a
+    token exists, unless ``$RAY_AUTH_MODE`` says otherwise") applies here too; it must run
+    before ``ray.init`` reads the mode.
+    """
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 @contextmanager
