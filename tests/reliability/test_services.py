@@ -2,7 +2,8 @@
 
 While a stage's notebook is held mid-run (it waits at a rendezvous), the test lists the
 listening sockets of every process this test started: the kernel (local executor), Ray's GCS,
-raylet, agents, workers and their kernels (Ray executor), and the MLflow UI started with
+raylet, agents, workers and their kernels (Ray executor: embedded, and the project's long-lived
+head, which is also inspected after the run left it), and the MLflow UI started with
 ``make mlflow-ui``'s own command line. No socket may listen on 0.0.0.0, :: or a public address.
 """
 
@@ -116,6 +117,33 @@ def test_ray_and_its_kernels_listen_on_loopback_only(sdk, rendezvous):
     assert kernel_pid in {pid for pid, _ in sockets}  # the kernel under the Ray worker was inspected
     assert {"gcs_server", "raylet", "ray::qsdk:hold"} <= names, names
     assert_private(sockets)
+
+
+def test_a_long_lived_ray_head_and_its_kernels_listen_on_loopback_only(sdk, rendezvous, monkeypatch):
+    """The project's Ray head (started by this run, left up after it) keeps every server on
+    loopback too: its GCS, raylet, agents, the run's workers and their kernels."""
+    pytest.importorskip("ray")
+    from qsdk.execution.executors import rayhead
+
+    monkeypatch.setenv("QSDK_RAY", "head")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    root = sdk.config.project_root
+    assert rayhead.status(root) is None
+    try:
+        kernel_pid, sockets, result = _held_run(sdk, rendezvous, "ray")
+        head = rayhead.status(root)
+        assert head is not None  # the run started the head; it outlives the run
+        after = listening(psutil.Process(head.pid))  # the head alone, once the run has left
+    finally:
+        rayhead.stop(root)  # the head of this test's project only
+    assert result.status == "succeeded" and state(sdk.lakehouse, "bronze.x") == TableState(0, 3)
+    names = {name for _, name in sockets}
+    assert kernel_pid in {pid for pid, _ in sockets}  # the kernel under the head's worker was inspected
+    assert {"gcs_server", "raylet", "ray::qsdk:hold"} <= names, names
+    assert head.address.startswith("127.0.0.1:")
+    assert_private(sockets)
+    assert {"gcs_server", "raylet"} <= {name for _, name in after}, after
+    assert_private(after)
 
 
 def test_mlflow_ui_of_make_mlflow_ui_listens_on_loopback_only(tmp_path):

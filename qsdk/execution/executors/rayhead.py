@@ -43,6 +43,11 @@ ENV_IDLE_TIMEOUT = "QSDK_RAY_IDLE_TIMEOUT"
 START_TIMEOUT = 300.0  # how long a run waits for a new head to come up (a loaded machine is slow)
 _SOURCE_ROOT = str(Path(__file__).resolve().parents[3])  # the folder holding this qsdk package
 _POLL = 1.0  # how often the head looks at its leases
+# task_oom_retries: as the embedded Ray. agent_register_timeout_ms: how long the raylet waits for
+# its agents' ports (the dashboard agent imports a lot); Ray's default fails the start of a head
+# on a loaded 2-core machine ("Timed out waiting for file .../metrics_agent_port"), and a head
+# starts once for many runs, so it can afford to wait.
+_SYSTEM_CONFIG = {"task_oom_retries": 1, "agent_register_timeout_ms": 120_000}
 
 
 @dataclass(frozen=True)
@@ -262,7 +267,7 @@ def serve(folder: Path, project: Path, *, num_cpus: int, idle_timeout: float) ->
 
     with _embedded_environment():
         ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=_OBJECT_STORE_BYTES,
-                 _temp_dir=str(folder / "ray"), _system_config={"task_oom_retries": 1},
+                 _temp_dir=str(folder / "ray"), _system_config=_SYSTEM_CONFIG,
                  log_to_driver=False, logging_level=logging.ERROR, namespace="qsdk")
     signal.signal(signal.SIGTERM, on_term)  # after ray.init, which installs handlers of its own
     signal.signal(signal.SIGINT, on_term)
