@@ -254,3 +254,32 @@ def test_backfill_via_cli_is_tracked_and_lineage_names_the_run(tmp_path, store, 
     assert cli.main(["--project", str(REPO), "lineage", "silver.prices"]) == 0
     text = capsys.readouterr().out
     assert result["run_id"] in text and lineage["mlflow_run_id"] in text and "clean_prices" in text
+
+
+_NO_MLFLOW_HERE = """
+import json, sys
+from qsdk.sdk import QuantSDK
+sdk = QuantSDK(sys.argv[1], lakehouse_root=sys.argv[2], runs_dir=sys.argv[3])
+result = sdk.run_pipeline("metrics", params={"steps": 2}, executor="local")
+print(json.dumps({"mlflow_imported": "mlflow" in sys.modules, "run": result.extra["mlflow_run_id"],
+                  "status": result.status}))
+"""
+
+
+def test_a_tracked_run_records_everything_without_importing_mlflow_in_the_driver(sdk, store, tmp_path):
+    """The helper process (qsdk/integrations/tracker.py) does the MLflow work; when the run
+    returns, its record is complete: runs, parameters, notebook metrics, notebook and HTML."""
+    out = subprocess.run([sys.executable, "-c", _NO_MLFLOW_HERE, str(sdk.config.project_root),
+                          str(sdk.config.lakehouse_root), str(sdk.config.runs_dir)],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-5000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["status"] == "succeeded"
+    assert report["mlflow_imported"] is False
+    client = MlflowClient(store)
+    parent = client.get_run(report["run"])
+    assert parent.info.status == "FINISHED" and parent.data.params["metrics.steps"] == "2"
+    (stage,) = _runs(client, "metrics", **{"mlflow.parentRunId": parent.info.run_id})
+    assert stage.info.status == "FINISHED"
+    assert len(client.get_metric_history(stage.info.run_id, "loss")) == 2  # logged by the notebook
+    assert _artifacts(client, stage.info.run_id, "notebook") == {"metrics.ipynb", "metrics.html"}
