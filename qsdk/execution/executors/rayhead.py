@@ -40,14 +40,14 @@ from qsdk.errors import ConfigError
 
 IDLE_TIMEOUT = 900.0  # seconds without an attached run before the head stops itself
 ENV_IDLE_TIMEOUT = "QSDK_RAY_IDLE_TIMEOUT"
-START_TIMEOUT = 300.0  # how long a run waits for a new head to come up (a loaded machine is slow)
+START_TIMEOUT = 420.0  # how long a run waits for a new head to come up (a loaded machine is slow)
 _SOURCE_ROOT = str(Path(__file__).resolve().parents[3])  # the folder holding this qsdk package
 _POLL = 1.0  # how often the head looks at its leases
-# task_oom_retries: as the embedded Ray. agent_register_timeout_ms: how long the raylet waits for
-# its agents' ports (the dashboard agent imports a lot); Ray's default fails the start of a head
-# on a loaded 2-core machine ("Timed out waiting for file .../metrics_agent_port"), and a head
-# starts once for many runs, so it can afford to wait.
-_SYSTEM_CONFIG = {"task_oom_retries": 1, "agent_register_timeout_ms": 120_000}
+_SYSTEM_CONFIG = {"task_oom_retries": 1}  # as the embedded Ray
+# On a loaded machine Ray's raylet may give up waiting for its agents ("Timed out waiting for
+# file .../metrics_agent_port", after about 15 s) and the node fails to start: a head starts
+# once for many runs, so it tries again.
+_START_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -265,10 +265,19 @@ def serve(folder: Path, project: Path, *, num_cpus: int, idle_timeout: float) ->
         nonlocal stopping
         stopping = True
 
-    with _embedded_environment():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=_OBJECT_STORE_BYTES,
-                 _temp_dir=str(folder / "ray"), _system_config=_SYSTEM_CONFIG,
-                 log_to_driver=False, logging_level=logging.ERROR, namespace="qsdk")
+    for attempt in range(1, _START_ATTEMPTS + 1):
+        try:
+            with _embedded_environment():
+                ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=_OBJECT_STORE_BYTES,
+                         _temp_dir=str(folder / "ray"), _system_config=_SYSTEM_CONFIG,
+                         log_to_driver=False, logging_level=logging.ERROR, namespace="qsdk")
+            break
+        except Exception as exc:  # Ray raises a bare Exception when its node does not come up in time
+            ray.shutdown()
+            if attempt == _START_ATTEMPTS:
+                raise
+            print(f"qsdk ray head: Ray did not start ({exc}); attempt {attempt + 1} of {_START_ATTEMPTS}",
+                  flush=True)
     signal.signal(signal.SIGTERM, on_term)  # after ray.init, which installs handlers of its own
     signal.signal(signal.SIGINT, on_term)
     info = HeadInfo(ray.get_runtime_context().gcs_address, os.getpid(), str(project), time.time(), idle_timeout,
