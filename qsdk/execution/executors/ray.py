@@ -1,7 +1,7 @@
-"""Run tasks on Ray workers: an embedded local Ray by default, or a cluster by address.
+"""Run tasks on Ray workers: the project's long-lived local head, an embedded Ray, or a cluster.
 
-Only this module imports Ray; ``qsdk.execution.executors`` loads it when the ``ray`` executor is asked
-for. Life cycle:
+Only this module (and the head's own process, :func:`.rayhead.serve`) imports Ray;
+``qsdk.execution.executors`` loads it when the ``ray`` executor is asked for. Life cycle:
 
 - ``init``: use the Ray session the caller already opened (a notebook, a test), else join the
   cluster at ``address`` / ``$RAY_ADDRESS``, else attach to the project's long-lived local head
@@ -139,6 +139,15 @@ class RayExecutor(Executor):
         """Join the project's long-lived head, starting it if none runs (:mod:`.rayhead`)."""
         assert self.project_root is not None
         self._lease = rayhead.take_lease(self.project_root)  # before ensure: no idle stop in between
+        try:
+            self._join_head(common)
+        except BaseException:
+            self._lease.close()
+            self._lease = None
+            raise
+
+    def _join_head(self, common: dict[str, Any]) -> None:
+        assert self.project_root is not None
         deadline = time.monotonic() + rayhead.START_TIMEOUT
         while True:
             self.head = rayhead.ensure(self.project_root, num_cpus=self.num_cpus, idle_timeout=self.idle_timeout)
@@ -151,7 +160,6 @@ class RayExecutor(Executor):
                 # a head that just came up on a loaded machine may not answer yet: try again
                 # (a head that died is replaced by ensure)
                 if time.monotonic() > deadline:
-                    self._lease.close()
                     raise ConfigError(
                         f"cannot join the project's Ray head at {self.head.address}: {_first_line(exc)}; "
                         "`qsdk ray stop` and run again, or use --ray-address embedded",
