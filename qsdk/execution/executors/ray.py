@@ -28,9 +28,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import ray.exceptions as rex
 from qsdk.errors import ConfigError, FailureReason
 from qsdk.execution.executors import rayhead
 from qsdk.execution.executors.base import Executor
+from qsdk.execution.executors.rayenv import OBJECT_STORE_BYTES, embedded_environment, pythonpath
 from qsdk.execution.kernels import WALL_CLOCK_GRACE, KernelPool
 from qsdk.execution.task import Task, TaskResult
 
@@ -47,12 +48,6 @@ ENV_ADDRESS = "RAY_ADDRESS"
 # Ray retries a task killed by its memory monitor this many times, on a counter separate from
 # max_retries (default 15; older Ray: forever). Read by the driver and by the raylet.
 ENV_OOM_RETRIES = "RAY_task_oom_retries"
-# Ray's single-machine mode (the default on macOS and Windows): node address 127.0.0.1 stays
-# 127.0.0.1 and every server binds to it. On Linux Ray otherwise advertises the machine's
-# address and binds its gRPC servers on all interfaces.
-_ENV_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding this qsdk package
-_OBJECT_STORE_BYTES = 256 * 2**20  # results are small; table data goes through Delta, not Ray
 _RESERVED = {"num_cpus", "num_gpus", "memory"}
 
 
@@ -112,7 +107,7 @@ class RayExecutor(Executor):
             elif address:
                 # cluster processes do not inherit our environment: ship the import path
                 try:
-                    ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}},
+                    ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath()}},
                              **common)
                 except (ConnectionError, rex.RayError) as exc:
                     raise ConfigError(
@@ -122,11 +117,11 @@ class RayExecutor(Executor):
                         address=address,
                     ) from exc
             else:
-                with _embedded_environment():
+                with embedded_environment():
                     ray.init(
                         num_cpus=self.num_cpus or os.cpu_count(),
                         include_dashboard=False,
-                        object_store_memory=_OBJECT_STORE_BYTES,
+                        object_store_memory=OBJECT_STORE_BYTES,
                         _temp_dir=self.temp_dir,
                         _system_config={"task_oom_retries": self.oom_retries},
                         **common,
@@ -153,7 +148,7 @@ class RayExecutor(Executor):
             self.head = rayhead.ensure(self.project_root, num_cpus=self.num_cpus, idle_timeout=self.idle_timeout)
             try:
                 _head_authentication()
-                with _embedded_environment():  # a 127.0.0.1 driver, as the head's node
+                with embedded_environment():  # a 127.0.0.1 driver, as the head's node
                     ray.init(address=self.head.address, **common)
                 return
             except (ConnectionError, rex.RayError) as exc:
@@ -279,12 +274,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _pythonpath() -> str:
-    """Workers import this qsdk, from this source tree, whatever else is installed."""
-    current = os.environ.get("PYTHONPATH")
-    return os.pathsep.join([_SOURCE_ROOT, current] if current else [_SOURCE_ROOT])
-
-
 def _head_authentication() -> None:
     """Authenticate to the head as Ray authenticates to a local cluster it finds by itself.
 
@@ -299,30 +288,3 @@ def _head_authentication() -> None:
     )
 
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-
-
-@contextmanager
-def _embedded_environment() -> Iterator[None]:
-    """While the embedded Ray starts: its processes inherit our import path and listen on
-    127.0.0.1 only.
-
-    The environment reaches the processes Ray spawns (and through the raylet, its workers:
-    cheaper than a ``runtime_env``, which makes Ray start new workers). The driver reads
-    the local-only switch once at import, so its constant is flipped too; both are restored.
-    """
-    from ray._private import ray_constants
-
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", _ENV_LOCAL_ONLY)}
-    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
-    os.environ["PYTHONPATH"] = _pythonpath()
-    os.environ[_ENV_LOCAL_ONLY] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

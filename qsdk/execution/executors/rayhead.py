@@ -4,7 +4,7 @@ Starting an embedded Ray costs about 8 s and stopping it 1.5 s, on every command
 first run on Ray starts a *head*: a detached process (``python -m
 qsdk.execution.executors.rayhead serve``) that starts a local Ray exactly as the embedded one
 is started (sized to the machine, no dashboard, every server on 127.0.0.1:
-:func:`qsdk.execution.executors.ray._embedded_environment`), writes its address, and stays up;
+:func:`qsdk.execution.executors.rayenv.embedded_environment`), writes its address, and stays up;
 later runs attach to it (``ray.init(address=...)``) and detach when done. It stops itself after
 ``idle_timeout`` seconds without an attached run (default :data:`IDLE_TIMEOUT`,
 ``$QSDK_RAY_IDLE_TIMEOUT``), or on ``qsdk ray stop``; ``qsdk ray status`` shows it.
@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qsdk.errors import ConfigError
+from qsdk.execution.executors.rayenv import OBJECT_STORE_BYTES, embedded_environment, pythonpath
 
 IDLE_TIMEOUT = 900.0  # seconds without an attached run before the head stops itself
 ENV_IDLE_TIMEOUT = "QSDK_RAY_IDLE_TIMEOUT"
 START_TIMEOUT = 420.0  # how long a run waits for a new head to come up (a loaded machine is slow)
-_SOURCE_ROOT = str(Path(__file__).resolve().parents[3])  # the folder holding this qsdk package
 _POLL = 1.0  # how often the head looks at its leases
 _SYSTEM_CONFIG = {"task_oom_retries": 1}  # as the embedded Ray
 # On a loaded machine Ray's raylet may give up waiting for its agents ("Timed out waiting for
@@ -178,7 +178,7 @@ def take_lease(project_root: str | Path) -> contextlib.ExitStack:
 
 def _start(folder: Path, project: Path, *, num_cpus: int, idle_timeout: float) -> HeadInfo:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = pythonpath()
     env.pop("RAY_ADDRESS", None)
     _touch(folder / "last_used")
     with open(folder / "head.log", "ab") as log:
@@ -257,7 +257,6 @@ def serve(folder: Path, project: Path, *, num_cpus: int, idle_timeout: float) ->
 
     import ray
 
-    from qsdk.execution.executors.ray import _OBJECT_STORE_BYTES, _embedded_environment
 
     stopping = False
 
@@ -267,8 +266,8 @@ def serve(folder: Path, project: Path, *, num_cpus: int, idle_timeout: float) ->
 
     for attempt in range(1, _START_ATTEMPTS + 1):
         try:
-            with _embedded_environment():
-                ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=_OBJECT_STORE_BYTES,
+            with embedded_environment():
+                ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
                          _temp_dir=str(folder / "ray"), _system_config=_SYSTEM_CONFIG,
                          log_to_driver=False, logging_level=logging.ERROR, namespace="qsdk")
             break
