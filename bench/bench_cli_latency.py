@@ -59,8 +59,10 @@ def main() -> None:
             for name, cmd in configs.items():
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 started = time.perf_counter()
-                subprocess.run(cmd, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                done = subprocess.run(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True)
+                if done.returncode:
+                    raise SystemExit(f"{name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 if round_:
                     wall[name].append(time.perf_counter() - started)
