@@ -54,6 +54,7 @@ def main() -> None:
     }
     wall: dict[str, list[float]] = {k: [] for k in configs}
     cpu: dict[str, list[float]] = {k: [] for k in configs}
+    failed: dict[str, list[list[str]]] = {}
     try:
         for round_ in range(args.repeat + 1):  # round 0 warms file caches and the MLflow store
             for name, cmd in configs.items():
@@ -61,9 +62,15 @@ def main() -> None:
                 started = time.perf_counter()
                 done = subprocess.run(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       text=True)
-                if done.returncode:
-                    raise SystemExit(f"{name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                if done.returncode:  # reported, not timed (e.g. Ray failing to start on a loaded machine)
+                    failed.setdefault(name, []).append(done.stderr.strip().splitlines()[-1:] or ["?"])
+                    print(f"round {round_}: {name} failed (exit {done.returncode}): {done.stderr[-600:]}",
+                          file=sys.stderr)
+                    if round_:
+                        wall[name].append(float("nan"))
+                        cpu[name].append(float("nan"))
+                    continue
                 if round_:
                     wall[name].append(time.perf_counter() - started)
                     cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
@@ -75,9 +82,15 @@ def main() -> None:
     base = next(iter(configs))
     print(f"machine: {machine()}")
     for name in configs:
-        ratios = [w / b for w, b in zip(wall[name], wall[base], strict=True)]
-        print(f"{name:32s} {median(wall[name]):6.2f} s wall  {median(cpu[name]):6.2f} s CPU  "
-              f"{median(ratios):5.2f}x (median of per-round ratios, n={args.repeat})")
+        pairs = [(w, b, c) for w, b, c in zip(wall[name], wall[base], cpu[name], strict=True) if w == w and b == b]
+        note = f"  (failed in {len(failed[name])} round(s), warm-up included)" if name in failed else ""
+        if not pairs:
+            print(f"{name:32s} no successful timed round{note}")
+            continue
+        ratios = [w / b for w, b, _ in pairs]
+        print(f"{name:32s} {median([w for w, _, _ in pairs]):6.2f} s wall  {median([c for _, _, c in pairs]):6.2f} s CPU  "
+              f"{median(ratios):5.2f}x (median of per-round ratios, n={len(pairs)}){note}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min)")
 
 
 if __name__ == "__main__":
