@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from qsdk import names as qnames
 from qsdk.config import DEFAULT_EXECUTOR, Config
 from qsdk.errors import ParameterError, QsdkError, SqlAccessDenied
-from qsdk.execution.executors import Executor, get_executor
+from qsdk.execution.executors import Executor
 from qsdk.execution.hooks import Hook
 from qsdk.execution.scheduling import RunResult, run_flow
 from qsdk.history import RunSummary
