@@ -190,7 +190,8 @@ class Cache:
     def current_sources(self, sources: Any) -> dict[str, str]:
         key = tuple(sources)
         if key not in self._sources:
-            self._sources[key] = codedeps.source_fingerprints(key, project_root=self.project_root)
+            self._sources[key] = codedeps.source_fingerprints(key, project_root=self.project_root,
+                                                                 versions=self._dists)
         return self._sources[key]
 
     def _dependency_changes(self, record: CacheRecord, sources: Any) -> list[str]:

@@ -360,7 +360,10 @@ _VERSIONS: dict[str, Any] = {}  # the process-wide memo of listed_version
 
 
 def listed_version(dist: str) -> str | None:
-    """The installed version of ``dist`` from one listing of the dist-info folders per process."""
+    """The installed version of ``dist`` from one listing of the dist-info folders per process.
+
+    For keys that only spare repeated work (the check-validation markers); a cache decision
+    lists afresh per check (``versions`` of :func:`changes` and :func:`source_fingerprints`)."""
     return _listed_version(dist, _VERSIONS)
 
 
@@ -411,14 +414,18 @@ def changes(recorded: Closure, *, project_root: str | Path,
     return out
 
 
-def source_fingerprints(sources: Iterable[Any], *, project_root: str | Path) -> dict[str, str]:
+def source_fingerprints(sources: Iterable[Any], *, project_root: str | Path,
+                        versions: dict[str, Any] | None = None) -> dict[str, str]:
     """``{label: identity}`` of a stage's declared non-table sources (:class:`qsdk.model.stage.SourceSpec`):
-    a package's installed version, or a hash over the files a glob matches (path and content)."""
+    a package's installed version, or a hash over the files a glob matches (path and content).
+    ``versions``: the memo of installed versions :func:`changes` takes (one listing per check);
+    never the process-wide one, which would hide an upgrade from a long-lived Jupyter session."""
     out: dict[str, str] = {}
     root = Path(project_root)
+    memo = versions if versions is not None else {}
     for source in sources:
         if source.kind == "package":
-            out[source.label] = listed_version(source.name) or "not installed"
+            out[source.label] = _listed_version(source.name, memo) or "not installed"
         else:
             digest = hashlib.sha256()
             for path in sorted(root.glob(source.name)):
