@@ -14,10 +14,10 @@ UV      = $(VENV)/bin/uv
 UV_PIN := $(shell sed -n 's/^uv==//p' requirements.lock)
 
 ## the venv holds exactly requirements.lock (uv pip sync) plus qsdk itself, editable and without deps
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet 'uv==$(UV_PIN)'
-	$(UV) pip sync --quiet --python $(PY) --link-mode copy requirements.lock
+	$(UV) pip sync --quiet --python $(PY) --link-mode copy --compile-bytecode requirements.lock
 	$(UV) pip install --quiet --python $(PY) --link-mode copy --no-deps -e .
 	touch $(STAMP)
 

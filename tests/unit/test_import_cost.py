@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_importing_papermill_and_nbformat_compiles_no_iri_grammar():
@@ -29,3 +30,17 @@ def test_notebook_validation_still_checks_the_schema():
     except nbformat.ValidationError:
         return
     raise AssertionError("nbformat accepted a cell of an unknown type")
+
+
+def test_the_venv_ships_compiled_bytecode_for_its_packages():
+    """``make install`` compiles the locked packages' bytecode (``uv pip sync --compile-bytecode``):
+    with PYTHONDONTWRITEBYTECODE set, nothing else would, and every process would compile MLflow,
+    pandas and Ray from source again."""
+    import importlib.util
+
+    import mlflow
+    import pandas
+
+    missing = [m.__name__ for m in (mlflow, pandas)
+               if not Path(importlib.util.cache_from_source(m.__file__)).exists()]
+    assert not missing, f"no compiled bytecode for {missing}: run make install (it compiles it)"
