@@ -171,10 +171,13 @@ class KernelPool:
         self._top_up()
 
     # ------------------------------------------------------------ public API
-    def acquire(self, *, cwd: str | Path | None = None, timeout: float | None = None) -> _PooledKernelManager:
+    def acquire(self, *, cwd: str | Path | None = None, timeout: float | None = None,
+                replace: bool = True) -> _PooledKernelManager:
         """A started, ready kernel that nobody else has used; its replacement starts now.
 
         ``cwd``: run the notebook there (papermill's convention: the notebook's folder).
+        ``replace=False``: start no replacement (the caller knows no task follows; a spare
+        kernel nobody uses costs a kernel's start and imports, on a machine the task shares).
         """
         stalled = 0
         while True:
@@ -182,7 +185,8 @@ class KernelPool:
                 if self._closed:
                     raise KernelPoolError("the kernel pool is closed")
                 spare = self._spares.popleft() if self._spares else self._start_one()
-                self._top_up_locked()
+                if replace:
+                    self._top_up_locked()
             wait = timeout if timeout is not None else self._stall_limit()
             try:
                 km = spare.result(timeout=wait)
@@ -225,18 +229,18 @@ class KernelPool:
         km.stop_clients()
         self._submit_shutdown(km)
 
-    def run_task(self, task: Task, *, grace: float = WALL_CLOCK_GRACE) -> TaskResult:
+    def run_task(self, task: Task, *, grace: float = WALL_CLOCK_GRACE, replace: bool = True) -> TaskResult:
         """``execute.run_task`` on a pooled kernel, with a wall-clock limit on the whole notebook.
 
         papermill's ``execution_timeout`` (the stage ``timeout``) limits each cell; a notebook
         of many cells could still run far longer. If ``task.timeout`` is set, the kernel is
         killed ``timeout + grace`` seconds after the notebook started, and the stage fails with
-        ``reason="timeout"``.
+        ``reason="timeout"``. ``replace``: as for :meth:`acquire`.
         """
         from qsdk.execution.task import run_task
 
         self.learn(task.preload)  # for the replacement that acquire starts: likely the next task's
-        km = self.acquire()  # run_task's bootstrap moves it to the notebook's folder
+        km = self.acquire(replace=replace)  # run_task's bootstrap moves it to the notebook's folder
         killed = threading.Event()
         timer = None
         if task.timeout:

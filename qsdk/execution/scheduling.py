@@ -214,11 +214,11 @@ class _LazyExecutor:
         self._options = dict(options)
         self._ex: Executor | None = None
 
-    def submit(self, task: Task) -> Future[TaskResult]:
+    def submit(self, task: Task, *, upcoming: int | None = None) -> Future[TaskResult]:
         if self._ex is None:
             self._ex = get_executor(self._spec, **self._options) if isinstance(self._spec, str) else self._spec
             self._ex.init()
-        return self._ex.submit(task)
+        return self._ex.submit(task, upcoming=upcoming)
 
     def finalize(self) -> None:
         if self._ex is not None:
@@ -288,6 +288,7 @@ def _schedule(flow: Flow, tasks: dict[str, list[Task]], ex: _LazyExecutor, state
     stage_ok: dict[str, bool] = {}
     results: list[TaskResult] = []
     failed = False
+    total = sum(len(stage_tasks) for stage_tasks in tasks.values())
 
     def finish(task: Task, result: TaskResult) -> None:
         nonlocal failed
@@ -318,7 +319,8 @@ def _schedule(flow: Flow, tasks: dict[str, list[Task]], ex: _LazyExecutor, state
                     for extra in H.call(hook_list, "before_task", run=state, task=task):
                         if extra:
                             task.context.tracking.update(extra)
-                    running[ex.submit(task)] = task
+                    upcoming = total - len(results) - len(running) - 1  # an upper bound
+                    running[ex.submit(task, upcoming=upcoming)] = task
             if sorter.is_active() and not running and not failed:
                 continue  # cached stages completed synchronously: their successors are ready now
         if not running:

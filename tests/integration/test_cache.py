@@ -34,9 +34,9 @@ class Counting(LocalExecutor):
     def init(self):
         self.inited += 1
 
-    def submit(self, task):
+    def submit(self, task, *, upcoming=None):
         self.submitted.append(task.key)
-        return super().submit(task)
+        return super().submit(task, upcoming=upcoming)
 
 
 @pytest.fixture

@@ -23,9 +23,9 @@ class Counting(LocalExecutor):
         super().__init__(prewarm=1)
         self.submitted: list[str] = []
 
-    def submit(self, task):
+    def submit(self, task, *, upcoming=None):
         self.submitted.append(task.key)
-        return super().submit(task)
+        return super().submit(task, upcoming=upcoming)
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from qsdk.execution.executors.local import LocalExecutor
+
 
 def test_init_imports_papermill_on_a_thread_while_the_first_kernel_starts():
     code = (
@@ -19,3 +21,41 @@ def test_init_imports_papermill_on_a_thread_while_the_first_kernel_starts():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "True"]
+
+
+class _Recording(LocalExecutor):
+    def __init__(self) -> None:
+        super().__init__(prewarm=1)
+        self.upcoming: list[int | None] = []
+
+    def submit(self, task, *, upcoming=None):
+        self.upcoming.append(upcoming)
+        return super().submit(task, upcoming=upcoming)
+
+
+def test_the_last_task_starts_no_spare_kernel(project, monkeypatch):
+    """A pre-warmed pool starts a replacement kernel as each task takes one, except after the
+    run's last task: a spare nobody uses would cost a kernel's start and its imports."""
+    from qsdk.execution import kernels
+
+    starts: list[int] = []
+    real_start = kernels._PooledKernelManager.start_kernel
+
+    async def counted(self, *args, **kwargs):
+        starts.append(1)
+        return await real_start(self, *args, **kwargs)
+
+    monkeypatch.setattr(kernels._PooledKernelManager, "start_kernel", counted)
+    cols = {"date": "date", "v": "float64"}
+    sdk = (project.table("bronze.a", cols).table("silver.b", cols)
+           .stage("a", "x: int = 1", "import pandas as pd, qsdk\nqsdk.write_table('bronze.a', "
+                  "pd.DataFrame({'date': pd.to_datetime(['2020-01-01']), 'v': [float(x)]}), mode='overwrite')",
+                  outputs=["bronze.a"])
+           .stage("b", "x: int = 1", "import qsdk\nqsdk.write_table('silver.b', qsdk.DataLoader().read('bronze.a'), "
+                  "mode='overwrite')", inputs=["bronze.a"], outputs=["silver.b"])
+           .flow("f", ["a", "b"])).sdk()
+    ex = _Recording()
+    result = sdk.run_pipeline("f", executor=ex, track=False, cache=False)
+    assert result.status == "succeeded"
+    assert ex.upcoming == [1, 0]
+    assert len(starts) == 2, f"{len(starts)} kernels started for 2 tasks"

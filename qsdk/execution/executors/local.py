@@ -32,9 +32,12 @@ class LocalExecutor(Executor):
             self._pool = KernelPool(self.prewarm)
             threading.Thread(target=_import_task_modules, name="qsdk-task-imports", daemon=True).start()
 
-    def submit(self, task: Task) -> Future[TaskResult]:
+    def submit(self, task: Task, *, upcoming: int | None = None) -> Future[TaskResult]:
         future: Future[TaskResult] = Future()
-        future.set_result(self._pool.run_task(task) if self._pool is not None else run_task(task))
+        if self._pool is not None:
+            future.set_result(self._pool.run_task(task, replace=upcoming != 0))
+        else:
+            future.set_result(run_task(task))
         return future
 
     def finalize(self) -> None:

@@ -161,7 +161,7 @@ class RayExecutor(Executor):
                         address=self.head.address) from exc
                 time.sleep(1.0)
 
-    def submit(self, task: Task) -> Future[TaskResult]:
+    def submit(self, task: Task, *, upcoming: int | None = None) -> Future[TaskResult]:
         if self._remote is None:
             raise RuntimeError("RayExecutor.submit before init()")
         out: Future[TaskResult] = Future()
