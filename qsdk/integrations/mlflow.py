@@ -184,7 +184,10 @@ class MlflowTracking(Hook):
 
     ``tracking_uri``: default ``Config.tracking_uri`` (``MLFLOW_TRACKING_URI`` or the project's
     SQLite store). ``tags``: extra tags for the flow run (``qsdk reproduce`` marks its runs).
-    ``html``: also log an HTML rendering of each executed notebook.
+    ``html``: also log an HTML rendering of each executed notebook. After :meth:`defer_html`,
+    the renderings wait for :meth:`render_deferred` (the tracking helper calls it once the run's
+    record is complete and the run has returned: rendering is about a second of CPU per
+    notebook, more than the rest of a small run's tracking).
     """
 
     def __init__(self, *, tracking_uri: str | None = None, tags: Mapping[str, str] | None = None,
@@ -195,6 +198,18 @@ class MlflowTracking(Hook):
         self._runs: dict[str, _FlowRuns] = {}
         self._pending: dict[str, list[tuple[Task, TaskResult]]] = {}
         self._exporter: Any = None
+        self._deferred: list[tuple[MlflowClient, str, Path]] | None = None
+
+    def defer_html(self) -> None:
+        """Queue the HTML renderings instead of making them as each task is logged."""
+        if self._deferred is None:
+            self._deferred = []
+
+    def render_deferred(self) -> None:
+        """Render and log the queued HTML renderings (each notebook's ``.ipynb`` is logged already)."""
+        queued, self._deferred = self._deferred or [], None
+        for c, run_id, notebook in queued:
+            self._log_html(c, run_id, notebook)
 
     def mlflow_run_id(self, run_id: str) -> str | None:
         """The MLflow run id of qsdk flow run ``run_id`` (``None`` if this hook did not track it)."""
@@ -367,7 +382,7 @@ class MlflowTracking(Hook):
     def warm(self) -> None:
         """Import what logging a finished task needs (nbconvert for the HTML), ahead of need:
         :class:`~qsdk.integrations.tracker.BackgroundTracking` calls it while it waits."""
-        if self.html and self._exporter is None:
+        if self.html and self._deferred is None and self._exporter is None:
             from nbconvert import HTMLExporter
 
             self._exporter = HTMLExporter()
@@ -378,7 +393,16 @@ class MlflowTracking(Hook):
         with_retry(c.log_artifact, run_id, str(notebook), "notebook")
         if not self.html:
             return
-        self.warm()
+        if self._deferred is not None:
+            self._deferred.append((c, run_id, notebook))
+            return
+        self._log_html(c, run_id, notebook)
+
+    def _log_html(self, c: MlflowClient, run_id: str, notebook: Path) -> None:
+        if self._exporter is None:
+            from nbconvert import HTMLExporter
+
+            self._exporter = HTMLExporter()
         body, _ = self._exporter.from_filename(str(notebook))
         with tempfile.TemporaryDirectory() as tmp:
             html = Path(tmp) / f"{notebook.stem}.html"

@@ -11,9 +11,13 @@ this process never imports MLflow.
 What a task needs from the tracker, its run id (for ``qsdk.log_metric`` and its Delta commit
 metadata), is handed over through a file (:mod:`qsdk.execution.tracking_ref`): ``before_task``
 returns at once with the file's path, and only the steps that need the id wait for it.
-``after_flow`` waits until the helper has logged everything, so when a run returns its MLflow
-record is complete, as it was when tracking ran inline. The helper's warnings are re-emitted
-here; if the helper dies, pending tasks get no id (they run untracked) and a warning says why.
+``after_flow`` waits until the helper has logged everything but the HTML renderings of the
+executed notebooks, so when a run returns its MLflow record is complete (runs, params, metrics,
+tags, Delta versions, each notebook's ``.ipynb``) as it was when tracking ran inline. The helper
+then renders the HTML and logs it after the run has returned (about a second of CPU per notebook,
+more than the rest of a small run's tracking), and exits; :func:`wait_rendered` waits for
+that. The helper's warnings are re-emitted here; if the helper dies, pending tasks
+get no id (they run untracked) and a warning says why.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -82,19 +87,17 @@ class BackgroundTracking(Hook):
         except OSError:
             pass
         replies = _read_all(proc.stdout)
-        proc.wait()
-        if self._watch is not None:
-            self._watch.join()
         for kind, value in replies:
             if kind == "warning":
                 warnings.warn(value, RuntimeWarning, stacklevel=2)
             elif kind == "extra":
                 result.extra.update(value)
-        if proc.returncode != 0:
+        if ("done", None) not in replies and proc.wait() != 0:
             warnings.warn(f"qsdk: the tracking helper exited with code {proc.returncode}; this run's "
                           "tracking may be incomplete (its error is on stderr above)", RuntimeWarning,
                           stacklevel=2)
         self._proc = None
+        _rendering.add(proc)  # still rendering HTML: _release_on_exit reaps it
 
     # -------------------------------------------------------------- the helper process
     def _start(self) -> None:
@@ -120,8 +123,10 @@ class BackgroundTracking(Hook):
     def _release_on_exit(self) -> None:
         """When the helper ends, every id it did not write is written empty: those tasks run
         untracked instead of waiting for an id that will never come."""
-        assert self._proc is not None
-        self._proc.wait()
+        proc = self._proc
+        assert proc is not None
+        proc.wait()
+        _rendering.discard(proc)
         with self._lock:
             for path in self._pending:
                 if not Path(path).exists():
@@ -129,11 +134,30 @@ class BackgroundTracking(Hook):
             self._pending.clear()
 
 
+_rendering: set[subprocess.Popen[bytes]] = set()  # helpers of returned runs, maybe still rendering
+
+
+def wait_rendered(timeout: float | None = None) -> bool:
+    """Wait until every run this process tracked has logged its notebooks' HTML renderings (the
+    helper does that after the run returns); ``False`` if ``timeout`` seconds passed first."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for proc in list(_rendering):
+        try:
+            proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False
+        _rendering.discard(proc)
+    return True
+
+
 def _read_all(stream: IO[bytes]) -> list[tuple[str, Any]]:
+    """The helper's replies up to its ``done`` (or its end, if it died before)."""
     out: list[tuple[str, Any]] = []
     while True:
         try:
             out.append(pickle.load(stream))
+            if out[-1] == ("done", None):
+                return out
         except EOFError:
             return out
         except (pickle.UnpicklingError, OSError) as exc:
@@ -142,8 +166,9 @@ def _read_all(stream: IO[bytes]) -> list[tuple[str, Any]]:
 
 
 # ------------------------------------------------------------------ inside the helper
-def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
-    """Run the calls from ``inbox`` on the hook sent first; ``warm`` it while nothing waits."""
+def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> Any:
+    """Run the calls from ``inbox`` on the hook sent first (returned at the end); ``warm`` it
+    while nothing waits; after ``after_flow``, reply ``done`` and close ``outbox``."""
     calls: queue.Queue[tuple[str, dict[str, Any], str | None] | None] = queue.Queue()
 
     def read() -> None:
@@ -167,10 +192,12 @@ def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
                 continue
             item = calls.get()
         if item is None:
-            return
+            return hook
         method, kwargs, reply_to = item
         if method == "init":
             hook = kwargs["hook"]
+            if hasattr(hook, "defer_html"):
+                hook.defer_html()
             continue
         value = _call(getattr(hook, method), kwargs, outbox)
         if reply_to is not None:
@@ -178,7 +205,8 @@ def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
         if method == "after_flow":
             extra = kwargs["result"].extra
             pickle.dump(("extra", dict(extra)), outbox)
-            outbox.flush()
+            pickle.dump(("done", None), outbox)
+            outbox.close()  # the run returns now; nothing more goes to it
 
 
 def _call(fn: Any, kwargs: dict[str, Any], outbox: IO[bytes]) -> Any:
@@ -201,7 +229,12 @@ def main() -> None:
     # stdout carries the replies: anything a library prints goes to stderr instead
     outbox = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    _serve(sys.stdin.buffer, outbox)
+    hook = _serve(sys.stdin.buffer, outbox)
+    if hook is not None and hasattr(hook, "render_deferred"):
+        try:
+            hook.render_deferred()
+        except Exception as exc:  # noqa: BLE001 - the run has returned: say it where it can be seen
+            print(f"qsdk: logging the executed notebooks' HTML failed: {exc!r}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from qsdk import cli
 from qsdk.execution.scheduling import RunResult, RunState, new_run_id, plan
 from qsdk.execution.task import TaskResult
 from qsdk.integrations import mlflow as tracking
+from qsdk.integrations import tracker
 from qsdk.integrations.mlflow import MlflowTracking
 from qsdk.lakehouse import stagecontext as runtime
 from qsdk.sdk import QuantSDK
@@ -61,6 +63,16 @@ def _artifacts(client: MlflowClient, run_id: str, path: str) -> set[str]:
     return {Path(a.path).name for a in client.list_artifacts(run_id, path)}
 
 
+def _artifacts_eventually(client: MlflowClient, run_id: str, path: str, expected: set[str],
+                          timeout: float = 300) -> set[str]:
+    """The artifacts under ``path`` once they are ``expected`` (the HTML renderings are logged by
+    the tracking helper after the run returned, also after its process exited), or at timeout."""
+    deadline = time.monotonic() + timeout
+    while (found := _artifacts(client, run_id, path)) != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
+
+
 def test_outside_a_flow_log_calls_do_nothing_and_say_so_once(monkeypatch, capsys):
     monkeypatch.delenv(runtime.ENV_CONTEXT, raising=False)
     monkeypatch.setattr(runtime, "_current", None)
@@ -76,7 +88,7 @@ def test_outside_a_flow_log_calls_do_nothing_and_say_so_once(monkeypatch, capsys
     assert tracking._clients == clients_before  # no store was opened
 
 
-def test_notebook_metrics_figure_params_and_failure_land_in_the_stage_run(sdk, store):
+def test_notebook_metrics_figure_params_and_failure_land_in_the_stage_run(sdk, store, tmp_path):
     result = sdk.run_pipeline("metrics", params={"steps": 4})
     client = MlflowClient(store)
     parent = client.get_run(result.extra["mlflow_run_id"])
@@ -96,7 +108,11 @@ def test_notebook_metrics_figure_params_and_failure_land_in_the_stage_run(sdk, s
         (0, 1.0), (1, 0.5), (2, 1 / 3), (3, 0.25)]
     assert stage.data.metrics["days"] == 366  # 2000 is a leap year
     assert _artifacts(client, stage.info.run_id, "figures") == {"curve.png"}
+    assert "metrics.ipynb" in _artifacts(client, stage.info.run_id, "notebook")  # before the run returned
+    assert tracker.wait_rendered(timeout=300)  # the HTML follows, rendered by the helper afterwards
     assert _artifacts(client, stage.info.run_id, "notebook") == {"metrics.ipynb", "metrics.html"}
+    html = Path(client.download_artifacts(stage.info.run_id, "notebook/metrics.html", str(tmp_path)))
+    assert "<html" in html.read_text() and "log_metric" in html.read_text()  # a rendering of this notebook
 
     # the same run again is all cache hits: it starts no kernel and opens no MLflow run
     flows_before = len(_runs(client, "metrics", **{"qsdk.kind": "flow"}))
@@ -234,7 +250,8 @@ def test_backfill_via_cli_is_tracked_and_lineage_names_the_run(tmp_path, store, 
             assert child.info.status == "FINISHED"
             lo, hi = child.data.tags["qsdk.partition"].split("_")
             assert (child.data.params["start"], child.data.params["end"]) == (lo, hi)
-            assert _artifacts(client, child.info.run_id, "notebook") == {f"{lo}_{hi}.ipynb", f"{lo}_{hi}.html"}
+            expected = {f"{lo}_{hi}.ipynb", f"{lo}_{hi}.html"}
+            assert _artifacts_eventually(client, child.info.run_id, "notebook", expected) == expected
         for table in result["stages"][name]["written"]:
             versions = [int(c.data.tags[f"delta.write.{table}"]) for c in children]
             assert int(stage.data.tags[f"delta.write.{table}"]) == max(versions)
@@ -268,7 +285,7 @@ print(json.dumps({"mlflow_imported": "mlflow" in sys.modules, "run": result.extr
 
 def test_a_tracked_run_records_everything_without_importing_mlflow_in_the_driver(sdk, store, tmp_path):
     """The helper process (qsdk/integrations/tracker.py) does the MLflow work; when the run
-    returns, its record is complete: runs, parameters, notebook metrics, notebook and HTML."""
+    returns, its record is complete: runs, parameters, notebook metrics, notebook; the HTML follows."""
     out = subprocess.run([sys.executable, "-c", _NO_MLFLOW_HERE, str(sdk.config.project_root),
                           str(sdk.config.lakehouse_root), str(sdk.config.runs_dir)],
                          capture_output=True, text=True, timeout=900)
@@ -282,4 +299,5 @@ def test_a_tracked_run_records_everything_without_importing_mlflow_in_the_driver
     (stage,) = _runs(client, "metrics", **{"mlflow.parentRunId": parent.info.run_id})
     assert stage.info.status == "FINISHED"
     assert len(client.get_metric_history(stage.info.run_id, "loss")) == 2  # logged by the notebook
-    assert _artifacts(client, stage.info.run_id, "notebook") == {"metrics.ipynb", "metrics.html"}
+    expected = {"metrics.ipynb", "metrics.html"}  # the HTML logged after the driver process exited
+    assert _artifacts_eventually(client, stage.info.run_id, "notebook", expected) == expected

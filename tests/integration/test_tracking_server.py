@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from qsdk.integrations import tracker
 from qsdk.sdk import QuantSDK
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,6 +30,7 @@ def test_partitions_log_runs_and_artifacts_through_the_server(tmp_path, mlflow_s
     result = sdk.run_pipeline("fanout", params={"start": "2000-01-01", "end": "2000-02-29", "steps": 2},
                               executor="local")
     assert result.status == "succeeded"
+    assert tracker.wait_rendered(timeout=300)  # the HTML renderings, logged after the run returned
 
     client = MlflowClient(mlflow_server.uri)  # everything is read back through the server
     parent = client.get_run(result.extra["mlflow_run_id"])
