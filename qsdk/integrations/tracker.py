@@ -166,9 +166,10 @@ def _read_all(stream: IO[bytes]) -> list[tuple[str, Any]]:
 
 
 # ------------------------------------------------------------------ inside the helper
-def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> Any:
-    """Run the calls from ``inbox`` on the hook sent first (returned at the end); ``warm`` it
-    while nothing waits; after ``after_flow``, reply ``done`` and close ``outbox``."""
+def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> tuple[Any, Path | None]:
+    """Run the calls from ``inbox`` on the hook sent first; ``warm`` it while nothing waits;
+    after ``after_flow``, reply ``done`` and close ``outbox``. Returns the hook and the run's
+    folder (``None`` if no flow ended)."""
     calls: queue.Queue[tuple[str, dict[str, Any], str | None] | None] = queue.Queue()
 
     def read() -> None:
@@ -181,6 +182,7 @@ def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> Any:
 
     threading.Thread(target=read, name="qsdk-tracker-read", daemon=True).start()
     hook: Any = None
+    run_dir: Path | None = None
     warmed = False
     while True:
         try:
@@ -192,7 +194,7 @@ def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> Any:
                 continue
             item = calls.get()
         if item is None:
-            return hook
+            return hook, run_dir
         method, kwargs, reply_to = item
         if method == "init":
             hook = kwargs["hook"]
@@ -207,6 +209,7 @@ def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> Any:
             pickle.dump(("extra", dict(extra)), outbox)
             pickle.dump(("done", None), outbox)
             outbox.close()  # the run returns now; nothing more goes to it
+            run_dir = Path(kwargs["run"].run_dir)
 
 
 def _call(fn: Any, kwargs: dict[str, Any], outbox: IO[bytes]) -> Any:
@@ -229,12 +232,26 @@ def main() -> None:
     # stdout carries the replies: anything a library prints goes to stderr instead
     outbox = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    hook = _serve(sys.stdin.buffer, outbox)
-    if hook is not None and hasattr(hook, "render_deferred"):
-        try:
-            hook.render_deferred()
-        except Exception as exc:  # noqa: BLE001 - the run has returned: say it where it can be seen
-            print(f"qsdk: logging the executed notebooks' HTML failed: {exc!r}", file=sys.stderr)
+    hook, run_dir = _serve(sys.stdin.buffer, outbox)
+    if hook is None or run_dir is None or not hasattr(hook, "render_deferred"):
+        return
+    _detach()
+    try:
+        hook.render_deferred()
+    except Exception:  # the run has returned: say it in the run's folder
+        import traceback
+
+        with open(run_dir / "tracking.log", "a", encoding="utf-8") as log:
+            log.write("qsdk: logging the executed notebooks' HTML failed:\n" + traceback.format_exc())
+
+
+def _detach() -> None:
+    """Let go of the command's terminal and pipes: a caller that captures the command's output
+    would otherwise wait for the renderings."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(null, target)
+    os.close(null)
 
 
 if __name__ == "__main__":
