@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 FLOWS  := $(shell sed -n 's/^  \([a-z_][a-z0-9_]*\):$$/\1/p' pipelines/*.yaml 2>/dev/null)
 
-.PHONY: install lock test test-fast test-reliability lint bench lab clean flow-% mlflow-ui mlflow-server s3-server snapshot dvc-sync \
+.PHONY: install lock test test-fast test-reliability test-cluster lint bench lab clean flow-% mlflow-ui mlflow-server s3-server snapshot dvc-sync \
         qsdk check dvc-dag dvc-repro
 
 UV      = $(VENV)/bin/uv
@@ -46,6 +46,11 @@ test-fast: $(STAMP)
 test-reliability: $(STAMP)
 	$(PY) -m pytest -q tests/reliability $(PYTEST_ARGS)
 	$(PY) -m pytest -q -m reliability_long tests/reliability $(PYTEST_ARGS)
+
+## make test-cluster: tests/cluster, a Ray cluster on loopback whose second node runs in its own mount
+## namespace (unshare --mount: needs root), with the S3 test server and an MLflow server
+test-cluster: $(STAMP)
+	$(PY) -m pytest -q -m cluster tests/cluster $(PYTEST_ARGS)
 
 ## make lint: ruff, the layering contracts ([tool.importlinter] in pyproject.toml), mypy on qsdk/
 lint: $(STAMP)

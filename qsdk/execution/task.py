@@ -73,6 +73,9 @@ class TaskResult:
     error: StageFailed | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # the executed notebook's bytes, on its way back from a worker that shares no disk with the
+    # driver (qsdk.execution.detached); written to ``notebook`` by the driver, then None
+    notebook_data: bytes | None = field(default=None, repr=False)
 
     @property
     def key(self) -> str:

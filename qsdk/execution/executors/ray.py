@@ -25,8 +25,10 @@ fork without exec). Every result carries ``extra["forks"]``: the Python-level fo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -38,9 +40,14 @@ import ray
 import ray.exceptions as rex
 
 from qsdk.errors import ConfigError, FailureReason
+from qsdk.execution import detached, tracking_ref
 from qsdk.execution.executors import rayhead
 from qsdk.execution.executors.base import Executor
-from qsdk.execution.executors.rayenv import OBJECT_STORE_BYTES, embedded_environment, pythonpath
+from qsdk.execution.executors.rayenv import (
+    OBJECT_STORE_BYTES,
+    cluster_runtime_env,
+    embedded_environment,
+)
 from qsdk.execution.kernels import WALL_CLOCK_GRACE, KernelPool
 from qsdk.execution.task import Task, TaskResult
 
@@ -48,7 +55,11 @@ ENV_ADDRESS = "RAY_ADDRESS"
 # Ray retries a task killed by its memory monitor this many times, on a counter separate from
 # max_retries (default 15; older Ray: forever). Read by the driver and by the raylet.
 ENV_OOM_RETRIES = "RAY_task_oom_retries"
+# Resources every task asks for on top of its stage's, as JSON (e.g. '{"batch_node": 0.01}' to
+# keep a run's tasks on the nodes started with `ray start --resources '{"batch_node": 4}'`)
+ENV_TASK_RESOURCES = "QSDK_RAY_TASK_RESOURCES"
 _RESERVED = {"num_cpus", "num_gpus", "memory"}
+_KV_NAMESPACE = "qsdk"  # Ray's key-value store (in the GCS): the tracker's ids travel through it
 
 
 class RayExecutor(Executor):
@@ -64,6 +75,15 @@ class RayExecutor(Executor):
     notebook may run past its stage ``timeout`` before its kernel is killed.
     ``check_resources``: fail a task at once when no node has the resources it asks for
     (turn off for an autoscaling cluster, where such a node may still appear).
+    ``task_resources``: custom Ray resources every task asks for on top of its stage's
+    ``resources:`` (default: ``$QSDK_RAY_TASK_RESOURCES`` as JSON), e.g. to pin a run to a
+    labelled group of nodes. ``ship_code``: send the project's code to the workers with Ray's
+    ``runtime_env`` (``working_dir``, :func:`.rayenv.cluster_runtime_env`), for nodes that do not
+    share the driver's disk; default: when joining a cluster by address.
+
+    Every task runs detached from the driver's disk (:mod:`qsdk.execution.detached`): it stages
+    in a scratch folder of its worker, commits there, and brings its executed notebook back in
+    its result, which the driver writes under ``runs/<run_id>/``.
     """
 
     name = "ray"
@@ -80,6 +100,8 @@ class RayExecutor(Executor):
         temp_dir: str | None = None,
         project_root: str | Path | None = None,
         idle_timeout: float | None = None,
+        task_resources: Mapping[str, float] | None = None,
+        ship_code: bool | None = None,
     ) -> None:
         self.address = address
         self.num_cpus = num_cpus
@@ -90,6 +112,9 @@ class RayExecutor(Executor):
         self.temp_dir = temp_dir
         self.project_root = project_root
         self.idle_timeout = idle_timeout
+        self.task_resources = dict(task_resources) if task_resources is not None else _env_resources()
+        self.ship_code = ship_code
+        self._shipped = False
         self.head: rayhead.HeadInfo | None = None  # the long-lived head this executor joined
         self._lease: ExitStack | None = None
         self._owns_session = False
@@ -105,10 +130,12 @@ class RayExecutor(Executor):
             if how == "head":
                 self._attach_head(common)
             elif address:
-                # cluster processes do not inherit our environment: ship the import path
+                # cluster processes do not inherit our environment: ship what they need
+                self._shipped = self.ship_code is not False and self.project_root is not None
+                runtime_env = cluster_runtime_env(project_root=self.project_root if self._shipped else None,
+                                                  env=os.environ)
                 try:
-                    ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath()}},
-                             **common)
+                    ray.init(address=address, runtime_env=runtime_env, **common)
                 except (ConnectionError, rex.RayError) as exc:
                     raise ConfigError(
                         f"cannot join the Ray cluster at {address!r}: {_first_line(exc)}; check "
@@ -165,13 +192,21 @@ class RayExecutor(Executor):
         if self._remote is None:
             raise RuntimeError("RayExecutor.submit before init()")
         out: Future[TaskResult] = Future()
-        options = task_options(task)
+        options = task_options(task, extra=self.task_resources)
         problem = self._infeasible(options) if self.check_resources else None
         if problem:
             out.set_result(_failed(task, problem, reason="resources", ename="InfeasibleResources"))
             return out
-        ref = self._remote.options(**options).remote(task, prewarm=self.prewarm, grace=self.wall_clock_grace)
-        ref.future().add_done_callback(lambda done: out.set_result(_result_of(done, task)))
+        key = _forward_tracking(task)
+        ref = self._remote.options(**options).remote(task, prewarm=self.prewarm, grace=self.wall_clock_grace,
+                                                     shipped=self._shipped, tracking_key=key)
+
+        def done(finished: Future[TaskResult]) -> None:
+            if key is not None:
+                _kv_delete(key)
+            out.set_result(detached.deliver(_result_of(finished, task)))
+
+        ref.future().add_done_callback(done)
         return out
 
     def finalize(self) -> None:
@@ -194,10 +229,11 @@ class RayExecutor(Executor):
                 "lower `resources:` in the stage's registry entry or add a node that has them")
 
 
-def task_options(task: Task) -> dict[str, Any]:
+def task_options(task: Task, *, extra: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Ray options for ``task``: its stage's ``resources`` (``num_cpus`` default 1, ``num_gpus``,
-    ``memory`` in bytes, anything else a custom Ray resource) and its bounded retries."""
-    resources = dict(task.resources)
+    ``memory`` in bytes, anything else a custom Ray resource), ``extra`` custom resources (the
+    executor's ``task_resources``) and its bounded retries."""
+    resources = {**(extra or {}), **task.resources}
     options: dict[str, Any] = {
         "name": f"qsdk:{task.key}",
         "num_cpus": float(resources.pop("num_cpus", 1)),
@@ -226,19 +262,84 @@ def _count_fork() -> None:
 os.register_at_fork(before=_count_fork)
 
 
-def _run_on_worker(task: Task, *, prewarm: int, grace: float) -> TaskResult:
-    """The Ray task: run ``task`` on a kernel of this worker's pool, note where it ran."""
-    global _pool
-    if _pool is None:
-        import atexit
+def _run_on_worker(task: Task, *, prewarm: int, grace: float, shipped: bool = False,
+                   tracking_key: str | None = None) -> TaskResult:
+    """The Ray task: run ``task`` on a kernel of this worker's pool, detached from the driver's
+    disk (with the project's code where Ray unpacked it: the worker's folder), note where it ran."""
 
-        _pool = KernelPool(prewarm, cwd=Path(task.notebook).parent)
-        atexit.register(_pool.close)
-    result = _pool.run_task(task, grace=grace)
+    def run(local: Task) -> TaskResult:
+        global _pool
+        if _pool is None:
+            import atexit
+
+            _pool = KernelPool(prewarm, cwd=Path(local.notebook).parent)
+            atexit.register(_pool.close)
+        return _pool.run_task(local, grace=grace)
+
+    fetch = (lambda: _kv_wait(tracking_key)) if tracking_key else None
+    result = detached.run_detached(task, run, code_root=Path.cwd() if shipped else None, fetch_tracking=fetch)
     ctx = ray.get_runtime_context()
     result.extra.update(node_id=ctx.get_node_id(), worker_pid=os.getpid(),
                         assigned_resources=ctx.get_assigned_resources(), forks=_forks)
     return result
+
+
+# ------------------------------------------------------------------ the tracker's ids, through Ray
+# A tracker in the background hands a task the path of a file its ids will be written to
+# (qsdk.execution.tracking_ref), on the driver's disk. The driver copies them into Ray's
+# key-value store when they arrive; the worker waits for them there (detached.run_detached).
+def _forward_tracking(task: Task) -> str | None:
+    path = task.context.tracking.get(tracking_ref.PENDING_KEY)
+    if not path:
+        return None
+    key = f"tracking:{task.run_id}:{task.key}"
+
+    def forward() -> None:
+        ids = tracking_ref.resolve({tracking_ref.PENDING_KEY: path})
+        _internal_kv()._internal_kv_put(key, json.dumps(ids), namespace=_KV_NAMESPACE)
+
+    threading.Thread(target=forward, name="qsdk-tracking-forward", daemon=True).start()
+    return key
+
+
+def _kv_wait(key: str, *, timeout: float = tracking_ref.WAIT_S) -> dict[str, Any] | None:
+    kv = _internal_kv()
+    deadline, delay = time.monotonic() + timeout, 0.005
+    while time.monotonic() < deadline:
+        value = kv._internal_kv_get(key, namespace=_KV_NAMESPACE)
+        if value is not None:
+            return dict(json.loads(value))
+        time.sleep(delay)
+        delay = min(0.1, delay * 2)
+    return None  # tracking_ref.publish(None): the task runs untracked
+
+
+def _kv_delete(key: str) -> None:
+    try:
+        _internal_kv()._internal_kv_del(key, namespace=_KV_NAMESPACE)
+    except Exception:  # Ray already shut down: the store went with it
+        pass
+
+
+def _internal_kv() -> Any:
+    """Ray's key-value store in the GCS (the module Ray's own libraries use for small shared state)."""
+    from ray.experimental import internal_kv
+
+    return internal_kv
+
+
+def _env_resources() -> dict[str, float]:
+    raw = os.environ.get(ENV_TASK_RESOURCES, "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+        if not isinstance(value, dict):
+            raise ValueError("not an object")
+        return {str(k): float(v) for k, v in value.items()}
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"${ENV_TASK_RESOURCES}={raw!r} is not a JSON object of resource amounts ({exc}); "
+                          """set it like '{"batch_node": 0.01}' or unset it""", variable=ENV_TASK_RESOURCES) from None
 
 
 # ------------------------------------------------------------------ driver side helpers

@@ -5,9 +5,12 @@ processes inherit, loopback only. Imports no Ray at module level (the head's lau
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from qsdk import storage
 
 # Ray's single-machine mode (the default on macOS and Windows): node address 127.0.0.1 stays
 # 127.0.0.1 and every server binds to it. On Linux Ray otherwise advertises the machine's
@@ -15,12 +18,42 @@ from pathlib import Path
 _ENV_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 SOURCE_ROOT = str(Path(__file__).resolve().parents[3])  # the folder holding this qsdk package
 OBJECT_STORE_BYTES = 256 * 2**20  # results are small; table data goes through Delta, not Ray
+# What a worker of a cluster needs from the driver's environment: the object store's variables
+# (qsdk.storage) and an MLflow server's credentials. Shipped in the job's runtime_env, which
+# whoever can read the cluster's job metadata can read: a node's own credentials (an instance
+# role, its own environment) are used where the driver has none set.
+FORWARDED_ENV = (*storage.ENV_VARS, "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                 "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS")
+# Never shipped with the project's code: environments, run outputs, local stores, caches.
+CODE_EXCLUDES = [".venv", ".git", "runs", "lakehouse", "lakehouse-repro", "mlruns", "mlartifacts",
+                 "mlflow.db", ".mlflow-server", ".qsdk", ".dvc/cache", ".dvc/tmp", "__pycache__",
+                 ".pytest_cache", ".mypy_cache", ".ruff_cache", "*.egg-info"]
 
 
 def pythonpath() -> str:
     """Workers import this qsdk, from this source tree, whatever else is installed."""
     current = os.environ.get("PYTHONPATH")
     return os.pathsep.join([SOURCE_ROOT, current] if current else [SOURCE_ROOT])
+
+
+def cluster_runtime_env(*, project_root: str | Path | None, env: Mapping[str, str],
+                        excludes: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The ``runtime_env`` of a driver that joins a cluster by address, whose nodes may share no
+    disk with it: :data:`FORWARDED_ENV` as set here, and, with ``project_root``, the project's
+    code as Ray's ``working_dir`` (workers start in their node's copy of it, first on the import
+    path), with this qsdk's package as a ``py_modules`` entry when it lies outside the project.
+    Without ``project_root`` the workers import this source tree's path (a shared disk)."""
+    runtime: dict[str, Any] = {"env_vars": {k: env[k] for k in FORWARDED_ENV if env.get(k)}}
+    if project_root is None:
+        runtime["env_vars"]["PYTHONPATH"] = pythonpath()
+        return runtime
+    root = Path(project_root).resolve()
+    runtime["working_dir"] = str(root)
+    runtime["excludes"] = [*CODE_EXCLUDES, *excludes]
+    package = Path(SOURCE_ROOT) / "qsdk"
+    if not package.is_relative_to(root):
+        runtime["py_modules"] = [str(package)]
+    return runtime
 
 
 @contextmanager

@@ -1,0 +1,109 @@
+"""A task run on a worker that may share no disk with the driver (a Ray node on another machine).
+
+The driver plans every task with its own paths: the staging folder and the executed notebook
+under ``runs/<run_id>/``, the stage's notebook under the project root, the tracker's id file
+(:mod:`qsdk.execution.tracking_ref`). On the worker, :func:`run_detached` runs the task with
+those replaced by what exists there:
+
+- the staging folder (the stage context's JSON, staged writes, read log, guard records) and the
+  executed notebook go to a scratch folder on the worker, deleted after the task: the commit of
+  the staged writes happens in the task, on the worker, so nothing staged must travel;
+- the stage's notebook and the project root are those of ``code_root``, where the project's code
+  was shipped (Ray's ``runtime_env`` ``working_dir``), when it was shipped;
+- the tracker's ids come from ``fetch_tracking`` (the executor's channel, e.g. Ray's key-value
+  store) and are written to a local file for the kernel's ``qsdk.log_metric`` and the commit.
+
+The executed notebook comes back to the driver inside the result (``TaskResult.notebook_data``):
+:func:`deliver` writes it under the driver's ``runs/<run_id>/`` before any hook sees the result,
+so the tracking hook logs it (and renders its HTML) from there. A path the task needs that does
+not exist on the worker (a local lakehouse folder, a SQLite tracking store) fails the task with
+a message naming it and what to use on a cluster instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qsdk.errors import StageFailed
+from qsdk.execution import tracking_ref
+from qsdk.execution.task import Task, TaskResult
+
+SCRATCH_PREFIX = "qsdk-task-"
+
+
+def localize(task: Task, *, scratch: Path, code_root: Path | None = None) -> Task:
+    """``task`` with its staging folder and executed notebook in ``scratch``, and (when the code
+    was shipped to ``code_root``) its notebook and project root there."""
+    root = Path(task.project_root) if task.project_root else None
+    notebook, project_root = task.notebook, task.project_root
+    if code_root is not None and root is not None and Path(task.notebook).is_relative_to(root):
+        notebook = str(code_root / Path(task.notebook).relative_to(root))
+        project_root = str(code_root)
+    tracking = dict(task.context.tracking)
+    if tracking_ref.PENDING_KEY in tracking:
+        tracking[tracking_ref.PENDING_KEY] = str(scratch / "tracking.json")
+    context = dataclasses.replace(task.context, staging_dir=str(scratch / "staging"), tracking=tracking)
+    return dataclasses.replace(task, notebook=notebook, project_root=project_root, context=context,
+                               output_notebook=str(scratch / Path(task.output_notebook).name))
+
+
+def run_detached(task: Task, run: Callable[[Task], TaskResult], *, code_root: Path | None = None,
+                 fetch_tracking: Callable[[], dict[str, Any] | None] | None = None) -> TaskResult:
+    """Run ``task`` (with ``run``, e.g. a kernel pool's ``run_task``) away from the driver's
+    paths; the result names the driver's notebook path and carries the notebook's bytes."""
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+    try:
+        local = localize(task, scratch=scratch, code_root=code_root)
+        problem = unreachable(local)
+        if problem:
+            error = task.failure(problem, reason="executor", ename="PathNotOnWorker", evalue=problem)
+            return TaskResult(task.stage, task.partition, "failed", task.output_notebook, error=error,
+                              parameters=dict(task.parameters))
+        pending = local.context.tracking.get(tracking_ref.PENDING_KEY)
+        if pending and fetch_tracking is not None:
+            threading.Thread(target=lambda: tracking_ref.publish(pending, fetch_tracking()),
+                             name="qsdk-tracking-ids", daemon=True).start()
+        result = run(local)
+        executed = Path(local.output_notebook)
+        result.notebook_data = executed.read_bytes() if executed.is_file() else None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result.notebook = task.output_notebook if result.notebook else result.notebook
+    if result.error is not None and result.error.notebook:
+        fields = {**result.error.fields, "notebook": task.output_notebook}
+        result.error = StageFailed(result.error.detail, **fields)
+    return result
+
+
+def deliver(result: TaskResult) -> TaskResult:
+    """On the driver: write the executed notebook a detached task brought back to its path
+    under ``runs/<run_id>/`` (``result.notebook``); the bytes leave the result."""
+    data, result.notebook_data = result.notebook_data, None
+    if data is not None and result.notebook:
+        path = Path(result.notebook)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return result
+
+
+def unreachable(task: Task) -> str | None:
+    """What ``task`` needs from a disk this machine does not have, said with the fix (``None``: nothing)."""
+    from qsdk import storage
+
+    ctx = task.context
+    for what, root in [("lakehouse", ctx.lakehouse_root), *(("read root", r) for r in ctx.read_roots.values())]:
+        if not storage.is_remote(root) and not Path(root).is_dir():
+            return (f"the {what} folder {root} does not exist on this worker: its node shares no disk "
+                    "with the driver; on a cluster put the lakehouse on an object store "
+                    "(QSDK_LAKEHOUSE=s3://bucket/prefix, README: Running on a cluster)")
+    if not Path(task.notebook).is_file():
+        return (f"the stage's notebook {task.notebook} does not exist on this worker: its node shares "
+                "no disk with the driver; let the Ray executor ship the project's code (it does when "
+                "it joins a cluster by address: ship_code) or install the project on every node")
+    return None
