@@ -11,6 +11,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+import pytest
+
 from qsdk.errors import StageFailed
 from qsdk.execution import detached, tracking_ref
 from qsdk.execution.context import StageContext
@@ -103,3 +105,27 @@ def test_the_trackers_ids_reach_the_kernel_through_a_local_file(tmp_path):
 
     result = detached.run_detached(task, run, fetch_tracking=fetch)
     assert result.extra == {"mlflow_run_id": "abc"}
+
+
+@pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")  # the dialect Ray uses
+def test_the_shipped_code_keeps_every_qsdk_module_and_leaves_out_runs_and_tables(tmp_path):
+    """Ray applies the runtime_env's excludes (gitwildmatch) to the project's folder and to qsdk's
+    own (py_modules) alike: none may drop a file of qsdk (as "lakehouse" once dropped
+    qsdk/lakehouse on the cluster)."""
+    import pathspec
+
+    from qsdk.execution.executors import rayenv
+
+    runtime = rayenv.cluster_runtime_env(project_root=tmp_path, env={"AWS_REGION": "eu-west-1", "HOME": "/x"})
+    assert runtime["working_dir"] == str(tmp_path.resolve())
+    assert runtime["env_vars"] == {"AWS_REGION": "eu-west-1"}  # only what a worker needs, never PYTHONPATH
+    (package,) = runtime["py_modules"]
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", runtime["excludes"])
+    qsdk_files = [str(p.relative_to(package)) for p in Path(package).rglob("*.py")]
+    assert len(qsdk_files) > 50 and not [f for f in qsdk_files if spec.match_file(f)]
+    for data in ("runs/r1/k/2020.ipynb", "lakehouse/bronze/k/_delta_log/00000000000000000000.json",
+                 "lakehouse/bronze/k/part-00000-x.parquet", "lakehouse/_qsdk_cache/k.json", "mlflow.db",
+                 "mlartifacts/1/a.png"):
+        assert spec.match_file(data), data
+    for code in ("notebooks/backfill/ingest_prices.ipynb", "pipelines/backfill.yaml", "mylib/lakehouse.py"):
+        assert not spec.match_file(code), code

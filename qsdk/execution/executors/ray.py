@@ -296,7 +296,10 @@ def _forward_tracking(task: Task) -> str | None:
 
     def forward() -> None:
         ids = tracking_ref.resolve({tracking_ref.PENDING_KEY: path})
-        _internal_kv()._internal_kv_put(key, json.dumps(ids), namespace=_KV_NAMESPACE)
+        try:
+            _internal_kv()._internal_kv_put(key, json.dumps(ids), namespace=_KV_NAMESPACE)
+        except Exception:  # the run ended (Ray shut down) before the tracker answered: no one waits
+            pass
 
     threading.Thread(target=forward, name="qsdk-tracking-forward", daemon=True).start()
     return key

@@ -24,10 +24,14 @@ OBJECT_STORE_BYTES = 256 * 2**20  # results are small; table data goes through D
 # role, its own environment) are used where the driver has none set.
 FORWARDED_ENV = (*storage.ENV_VARS, "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                  "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS")
-# Never shipped with the project's code: environments, run outputs, local stores, caches.
-CODE_EXCLUDES = [".venv", ".git", "runs", "lakehouse", "lakehouse-repro", "mlruns", "mlartifacts",
-                 "mlflow.db", ".mlflow-server", ".qsdk", ".dvc/cache", ".dvc/tmp", "__pycache__",
-                 ".pytest_cache", ".mypy_cache", ".ruff_cache", "*.egg-info"]
+# Never shipped with the project's code: run outputs, local stores and Delta tables, caches; Ray
+# leaves out .git, .venv, venv and __pycache__ itself, and what the project's .gitignore names.
+# gitwildmatch patterns, and Ray applies them to qsdk's own folder too (``py_modules``): "/lakehouse/"
+# would drop qsdk/lakehouse, so a local lakehouse is left out by its table files instead.
+CODE_EXCLUDES = ["/runs/", "/mlruns/", "/mlartifacts/", "/mlflow.db", "/.mlflow-server/", "/.qsdk/",
+                 "/.dvc/cache/", "/.dvc/tmp/", "_delta_log/", "/lakehouse*/**/*.parquet",
+                 "/lakehouse*/_qsdk_*/", "/lakehouse*/_sandbox/", ".pytest_cache/", ".mypy_cache/",
+                 ".ruff_cache/", "*.egg-info/"]
 
 
 def pythonpath() -> str:
