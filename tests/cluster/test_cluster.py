@@ -66,7 +66,7 @@ import json, sys
 from qsdk.sdk import QuantSDK
 root, runs, address, flow, params, only, track = sys.argv[1:8]
 sdk = QuantSDK(root, runs_dir=runs)
-result = sdk.run_pipeline(flow, params=json.loads(params), only=json.loads(only), executor="ray",
+result = sdk.run_pipeline(flow, params=json.loads(params), only=json.loads(only) or (), executor="ray",
                           ray_address=address, track=track == "1", cache=False, raise_on_failure=False)
 print(json.dumps({"run_id": result.run_id, "status": result.status, "run_dir": result.run_dir,
                   "mlflow_run_id": result.extra.get("mlflow_run_id"),
