@@ -181,6 +181,8 @@ def run_flow(
                  pinned_versions=pinned_versions, read_roots=read_roots)
     state = RunState(run_id, flow, resolved, run_dir, config, tasks)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(config.lakehouse_root, Path):  # a worker that cannot see it says so (detached)
+        config.lakehouse_root.mkdir(parents=True, exist_ok=True)
     hook_list = list(hooks)
     H.call(hook_list, "before_flow", run=state)
     lazy = _LazyExecutor(executor, executor_options or {})
