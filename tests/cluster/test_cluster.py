@@ -68,7 +68,9 @@ root, runs, address, flow, params, only, track = sys.argv[1:8]
 sdk = QuantSDK(root, runs_dir=runs)
 result = sdk.run_pipeline(flow, params=json.loads(params), only=json.loads(only) or (), executor="ray",
                           ray_address=address, track=track == "1", cache=False, raise_on_failure=False)
-print(json.dumps({"run_id": result.run_id, "status": result.status, "run_dir": result.run_dir,
+from qsdk.integrations import tracker
+rendered = tracker.wait_rendered(timeout=300)  # the HTML renderings, logged by the helper after the run
+print(json.dumps({"run_id": result.run_id, "rendered": rendered, "status": result.status, "run_dir": result.run_dir,
                   "mlflow_run_id": result.extra.get("mlflow_run_id"),
                   "errors": [str(r.error) for r in result.failures],
                   "tasks": {r.key: {"status": r.status, "notebook": r.notebook, "node": r.extra.get("node_id"),
@@ -261,6 +263,7 @@ def test_backfill_on_a_node_that_shares_no_disk_equals_the_local_run(cluster, s3
 
     client = MlflowClient(cluster.env["MLFLOW_TRACKING_URI"])
     parent = client.get_run(out["mlflow_run_id"])
+    assert out["rendered"]
     assert parent.info.status == "FINISHED" and parent.data.tags["qsdk.run_id"] == out["run_id"]
     runs_of_tasks = client.search_runs([parent.info.experiment_id],
                                        filter_string=f"tags.`qsdk.run_id` = '{out['run_id']}' and "
