@@ -43,6 +43,7 @@ the child, so a signal through it can never reach a recycled pid.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -271,9 +272,10 @@ class ForkProvisioner(LocalProvisioner):
         if self.zygote is not None:
             import asyncio
 
+            # as jupyter_client's launch_kernel: the kernel knows which process started it
+            env = {**(kwargs.get("env") or os.environ), "JPY_PARENT_PID": str(os.getpid())}
             try:
-                handle = await asyncio.to_thread(self.zygote.fork, cmd, env=kwargs.get("env") or dict(os.environ),
-                                                 cwd=kwargs.get("cwd"))
+                handle = await asyncio.to_thread(self.zygote.fork, cmd, env=env, cwd=kwargs.get("cwd"))
             except KernelPoolError as exc:
                 if self.on_fallback is not None:
                     self.on_fallback(str(exc))
@@ -342,6 +344,9 @@ def _handle(request: dict[str, Any], children: dict[int, int | None], owner_fd: 
         unsafe = _fork_hazard()
         if unsafe:
             return {"error": unsafe}, []
+        # what the zygote imported is never collected: keep the collector from writing to (and so
+        # copying) the pages the kernels share with it
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             _become_kernel(request["argv"], request["env"], request["cwd"], owner_fd, private)

@@ -33,6 +33,7 @@ plt.show()
 print(json.dumps({"value": value, "cwd": os.getcwd(), "path": sys.path, "argv0": os.path.basename(sys.argv[0]),
                   "env": sorted(k for k in os.environ if not k.startswith("JPY_")),
                   "context": os.environ.get("QSDK_CONTEXT", "").endswith("context.json"),
+                  "started_by": os.environ.get("JPY_PARENT_PID"),
                   "main": type(sys.modules["__main__"]).__name__, "excepthook": sys.excepthook.__module__,
                   "stdout": type(sys.stdout).__name__, "sigint": str(__import__("signal").getsignal(2))}))"""
 
@@ -72,6 +73,7 @@ def test_a_forked_kernel_runs_a_task_like_a_new_interpreter(tmp_path):
     assert outputs["fork"] == outputs["spawn"]  # same outputs, same sys.path, env, cwd, handlers
     printed = outputs["fork"][-1][-1][1]
     assert printed["value"] == 7 and printed["cwd"] == str(nb.parent) and printed["context"] is True
+    assert printed["started_by"] == str(os.getpid())  # JPY_PARENT_PID: the pool's process, as for a spawned kernel
     assert ("display_data", ["image/png", "text/plain"]) in outputs["fork"][-1]  # the inline figure
 
 
