@@ -190,7 +190,7 @@ class KernelPool:
         if self.start == "fork":
             why = fork_unavailable()
             if why is None:
-                self._zygote = Zygote(cwd=self.cwd, preload=preload)
+                self._zygote = Zygote(cwd=self.cwd, preload=preload, timeout=2 * startup_timeout)
             else:
                 self._fall_back(why)
         self._lock = threading.Lock()

@@ -150,8 +150,9 @@ class Zygote:
     zygote cannot fork (dead, refused); the caller starts the kernel the usual way instead.
     """
 
-    def __init__(self, *, cwd: str, preload: Sequence[str] = ()) -> None:
+    def __init__(self, *, cwd: str, preload: Sequence[str] = (), timeout: float = 120.0) -> None:
         self.cwd = cwd
+        self.timeout = timeout  # for one request (a fork, or the imports before it): then it is dead to us
         self._preload: dict[str, None] = dict.fromkeys(preload)
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -221,6 +222,7 @@ class Zygote:
                                           stdin=subprocess.DEVNULL, pass_fds=[theirs.fileno()])
         finally:
             theirs.close()
+        ours.settimeout(self.timeout)
         self._sock, self._env, self.pid = ours, env, self._proc.pid
         self._imported = set()
 
