@@ -53,6 +53,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -105,27 +106,29 @@ class ForkedKernel:
         self.returncode: int | None = None
         self._pidfd: int | None = pidfd
         self._zygote = zygote
+        self._lock = threading.Lock()  # the pool's loop and the task's thread both poll
 
     def poll(self) -> int | None:
-        if self.returncode is None and self._pidfd is not None:
-            ready, _, _ = select.select([self._pidfd], [], [], 0)
-            if ready:
-                self.returncode = self._zygote.exit_status(self.pid)
-                self._close()
-        return self.returncode
+        with self._lock:
+            if self.returncode is None and self._pidfd is not None:
+                ready, _, _ = select.select([self._pidfd], [], [], 0)
+                if ready:
+                    self.returncode = self._zygote.exit_status(self.pid)
+                    self._close()
+            return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        if self.poll() is None and self._pidfd is not None:
-            ready, _, _ = select.select([self._pidfd], [], [], timeout)
-            if not ready:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:  # short sleeps: the pidfd may be closed by another poll
+            if deadline is not None and time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(f"kernel {self.pid}", timeout or 0.0)
-        code = self.poll()
-        assert code is not None
+            time.sleep(0.05)
         return code
 
     def send_signal(self, signum: int) -> None:
-        if self.poll() is None and self._pidfd is not None:
-            signal.pidfd_send_signal(self._pidfd, signum)
+        with self._lock:
+            if self.returncode is None and self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signum)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
