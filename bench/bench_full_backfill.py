@@ -127,7 +127,9 @@ class Usage:
     """What one run used: its processes' summed peak resident set and their CPU seconds."""
 
     tree_peak_mib: float = 0.0
+    tree_peak_pss_mib: float = 0.0  # proportional set sizes: pages a forked kernel shares with its zygote count once
     cpu: dict[tuple[int, float], float] = field(default_factory=dict)  # (pid, start time) -> user + system s
+    kind: dict[tuple[int, float], str] = field(default_factory=dict)  # (pid, start time) -> _kind()
     reaped_cpu_s: float = 0.0  # the child's and its reaped descendants' (os.wait4)
 
     @property
@@ -147,13 +149,40 @@ def _ours(proc: Any, marker: str, known: dict[tuple[int, float], bool]) -> bool:
     return known[key]
 
 
+def _kind(proc: Any) -> str:
+    """What a process of the run is, for the CPU breakdown: kernel, zygote, Ray worker, Ray's
+    own processes, the driver (the run's child) and the rest."""
+    name, cmd = proc.name(), " ".join(proc.cmdline())
+    if name == "qsdk-kernel" or "ipykernel_launcher" in cmd:
+        return "kernels"
+    if name == "qsdk-zygote" or "qsdk.execution.zygote" in cmd:
+        return "zygotes"
+    if "default_worker.py" in cmd or "ray::" in cmd or name.startswith("ray::"):
+        return "ray workers"
+    if "ray" in cmd:
+        return "ray services"
+    if "--child" in cmd:
+        return "driver"
+    return "other"
+
+
+def _by_kind(usage: Usage) -> str:
+    totals: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for key, cpu in usage.cpu.items():
+        kind = usage.kind.get(key, "other")
+        totals[kind] = totals.get(kind, 0.0) + cpu
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{k} {v:.1f} s ({counts[k]} processes)" for k, v in sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
 def _sample_tree(pid: int, marker: str, usage: Usage, stop: threading.Event) -> None:
     import psutil
 
     known: dict[tuple[int, float], bool] = {}  # the environment never changes: read it once per process
     me = os.getuid()
     while True:
-        total = 0
+        total = pss = 0
         for proc in psutil.process_iter(["uids"]):
             try:
                 if proc.info["uids"] is None or proc.info["uids"].real != me:
@@ -161,12 +190,18 @@ def _sample_tree(pid: int, marker: str, usage: Usage, stop: threading.Event) -> 
                 if proc.pid != pid and not _ours(proc, marker, known):
                     continue
                 with proc.oneshot():
-                    total += proc.memory_info().rss
+                    full = proc.memory_full_info()
+                    total += full.rss
+                    pss += full.pss
                     times = proc.cpu_times()
-                    usage.cpu[(proc.pid, proc.create_time())] = times.user + times.system
+                    key = (proc.pid, proc.create_time())
+                    usage.cpu[key] = times.user + times.system
+                    if key not in usage.kind:
+                        usage.kind[key] = _kind(proc)
             except psutil.Error:  # gone meanwhile
                 continue
         usage.tree_peak_mib = max(usage.tree_peak_mib, total / 2**20)
+        usage.tree_peak_pss_mib = max(usage.tree_peak_pss_mib, pss / 2**20)
         if stop.wait(0.2):
             return
 
@@ -186,6 +221,9 @@ def _child(mode: str, p: dict) -> tuple[float, float, Usage, dict]:
         errors = open(work / "stderr.log", "w+")  # noqa: SIM115 (read back below, closed with the folder)
         # the marker finds the run's processes; its own Ray folder (sessions, logs) goes with the run
         env = {**os.environ, MARKER: marker, "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", str(work))}
+        if "@" in mode:  # flow:EXECUTOR@START: how its kernels start (qsdk.execution.zygote)
+            mode, env["QSDK_KERNEL_START"] = mode.split("@")
+            cmd[cmd.index("--child") + 1] = mode
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
         usage, stop = Usage(), threading.Event()
         sampler = threading.Thread(target=_sample_tree, args=(proc.pid, marker, usage, stop), daemon=True)
@@ -215,6 +253,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--executors", default="local,ray", help="comma-separated executors for the flow")
     parser.add_argument("--repeat", type=int, default=1, help="rounds; medians are reported (the machine is noisy)")
+    parser.add_argument("--kernel-starts", default="",
+                        help="comma-separated kernel start modes (fork, spawn) to run each flow with, "
+                             "as $QSDK_KERNEL_START; default: the default mode only")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
@@ -230,7 +271,8 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"synthetic backfill: {p['n_symbols']} symbols, {p['start']} .. {p['end']}, "
           f"signal_strength {p['signal_strength']}; {args.repeat} round(s), script and flows alternating")
-    modes = ["script", *(f"flow:{e}" for e in args.executors.split(","))]
+    starts = [f"@{k}" for k in args.kernel_starts.split(",") if k] or [""]
+    modes = ["script", *(f"flow:{e}{k}" for e in args.executors.split(",") for k in starts)]
     runs: dict[str, list[tuple[float, float, Usage]]] = {m: [] for m in modes}
     outputs: dict[str, dict] = {}
     for round_ in range(1, args.repeat + 1):
@@ -244,8 +286,10 @@ def main() -> None:
                 wall, mem, usage, outputs[mode] = _child(mode, p)
             runs[mode].append((wall, mem, usage))
             print(f"  round {round_}: {mode:<11} {wall:7.1f} s wall {usage.cpu_s:7.1f} s CPU   tree peak "
-                  f"{usage.tree_peak_mib:6.0f} MiB (largest reaped process {mem:6.0f} MiB)  load average "
+                  f"{usage.tree_peak_mib:6.0f} MiB RSS {usage.tree_peak_pss_mib:6.0f} MiB PSS "
+                  f"(largest reaped process {mem:6.0f} MiB)  load average "
                   f"{os.getloadavg()[0]:.1f}")
+            print(f"    CPU by process: {_by_kind(usage)}")
     script = runs["script"]
     print(f"plain script:          median {median([r[0] for r in script]):7.1f} s wall "
           f"{median([r[2].cpu_s for r in script]):7.1f} s CPU   tree peak "
@@ -255,15 +299,18 @@ def main() -> None:
         walls = [f[0] / s[0] for f, s in zip(flow, script, strict=True)]
         cpus = [f[2].cpu_s / s[2].cpu_s for f, s in zip(flow, script, strict=True)]
         trees = [f[2].tree_peak_mib / s[2].tree_peak_mib for f, s in zip(flow, script, strict=True)]
+        psss = [f[2].tree_peak_pss_mib / s[2].tree_peak_pss_mib for f, s in zip(flow, script, strict=True)]
         print(f"notebook flow, {mode[5:]:<6} median {median([r[0] for r in flow]):7.1f} s wall "
               f"{median([r[2].cpu_s for r in flow]):7.1f} s CPU   tree peak "
               f"{median([r[2].tree_peak_mib for r in flow]):6.0f} MiB")
         print(f"  ratios to the script (medians of per-round ratios): wall {median(walls):.2f}x "
               f"({', '.join(f'{r:.2f}' for r in walls)}), CPU {median(cpus):.2f}x, "
-              f"tree memory {median(trees):.2f}x ({', '.join(f'{r:.2f}' for r in trees)})")
+              f"tree memory {median(trees):.2f}x ({', '.join(f'{r:.2f}' for r in trees)}) RSS, "
+              f"{median(psss):.2f}x PSS")
     print("tree: every process of the run at once (the child, its descendants, and every process carrying "
-          f"the run's {MARKER} marker: Ray's raylet, GCS and workers), sampled every 0.2 s; CPU: user + system "
-          "of those processes")
+          f"the run's {MARKER} marker: Ray's raylet, GCS and workers), sampled every 0.2 s; RSS counts a page "
+          "shared by several processes (a forked kernel and its zygote, shared libraries) in each, PSS "
+          "divides it among them; CPU: user + system of those processes")
     print("target: the flow on Ray within 1.0x of the script's wall time, its tree within 2x of the script's memory")
     for name in ("ic_weighted", "vendor_signal", "composite"):
         values = "  ".join(f"{mode} {out.get(name, float('nan')):+.5f}" for mode, out in outputs.items())

@@ -134,7 +134,7 @@ names = ("qsdk_warm_mod", "qsdk_missing_mod", "qsdk_cwd_mod")
 warm = {m: m in sys.modules for m in names}
 bound = "qsdk_warm_mod" in globals() or "importlib" in globals() or "__qsdk_preload" in globals()
 import qsdk_warm_mod
-print(json.dumps({"pid": os.getpid(), "warm": warm, "bound": bound, "imported_by": qsdk_warm_mod.PID,
+print(json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "warm": warm, "bound": bound, "imported_by": qsdk_warm_mod.PID,
                   "path_kept": sys.path.count("") + sys.path.count(os.getcwd())}))"""
 
 
@@ -148,18 +148,22 @@ def installed(tmp_path, monkeypatch) -> Path:
     return site
 
 
-def test_kernels_are_warmed_with_the_preload_modules_before_they_are_handed_out(tmp_path, installed):
+@pytest.mark.parametrize("start", ["spawn", "fork"])
+def test_kernels_are_warmed_with_the_preload_modules_before_they_are_handed_out(tmp_path, installed, start):
     nb = write_notebook(tmp_path / "nbs" / "warm.ipynb", "value: int = 0", WARM_PROBE)
     pool_cwd = tmp_path / "elsewhere"
     pool_cwd.mkdir()
     (pool_cwd / "qsdk_cwd_mod.py").write_text("X = 1\n")  # beside another notebook: never preloaded
-    with KernelPool(1, cwd=pool_cwd, preload=["qsdk_warm_mod", "qsdk_missing_mod", "qsdk_cwd_mod"]) as pool:
+    with KernelPool(1, cwd=pool_cwd, preload=["qsdk_warm_mod", "qsdk_missing_mod", "qsdk_cwd_mod"],
+                    start=start) as pool:
         pool.wait_ready()
         result = pool.run_task(_task(tmp_path, nb, "warm"))
         assert result.status == "succeeded", result.error  # a module that fails to import is skipped
         out = _printed(result.notebook)
         assert out["warm"] == {"qsdk_warm_mod": True, "qsdk_missing_mod": False, "qsdk_cwd_mod": False}
-        assert out["imported_by"] == out["pid"]  # imported in the kernel itself, ahead of the notebook
+        # imported ahead of the notebook: by the kernel itself (spawn), or once by the zygote it was forked from
+        assert out["imported_by"] == (out["pid"] if start == "spawn" else pool.zygote_pid)
+        assert start == "spawn" or out["ppid"] == pool.zygote_pid
         assert out["bound"] is False  # only sys.modules is warm: the namespace is the notebook's own
         assert out["path_kept"] >= 1  # the working folder is back on sys.path for the notebook
 

@@ -99,8 +99,9 @@ def test_killed_worker_is_retried_without_duplicate_or_missing_rows(ray_session,
     kill = """import os, pathlib, signal, time
 marker = pathlib.Path(markers) / f"{start}.killed"
 if start.startswith("2021") and not marker.exists():  # first attempt only
-    marker.write_text(str(os.getppid()))
-    os.kill(os.getppid(), signal.SIGKILL)  # the kernel's parent: the Ray worker running this task
+    worker = int(os.environ["JPY_PARENT_PID"])  # the Ray worker running this task: it started the kernel
+    marker.write_text(str(worker))  # (the kernel's parent, or its zygote's when the kernel was forked)
+    os.kill(worker, signal.SIGKILL)
     time.sleep(60)"""
     sdk = (project.table("bronze.k", COLS, primary_key=["date"])
            .stage("k", YEARS + '\nmarkers: str = ""', WRITE, kill, outputs=["bronze.k"],

@@ -25,8 +25,9 @@ YEARS = 'start: "date" = "2020-01-01"\nend: "date" = "2021-12-31"\nmarkers: str 
 KILL = """import os, pathlib, signal, time
 marker = pathlib.Path(markers) / f"{start}.killed"
 if markers and start.startswith("2021") and not marker.exists():  # first attempt only
-    marker.write_text(str(os.getppid()))
-    os.kill(os.getppid(), signal.SIGKILL)  # the kernel's parent: the Ray worker running this task
+    worker = int(os.environ["JPY_PARENT_PID"])  # the Ray worker running this task: it started the kernel
+    marker.write_text(str(worker))  # (the kernel's parent, or its zygote's when the kernel was forked)
+    os.kill(worker, signal.SIGKILL)
     time.sleep(60)"""
 WRITE = """import os, pandas as pd, qsdk
 df = pd.DataFrame({"date": pd.date_range(start, end, freq="MS"), "v": 1, "kernel": os.getpid()})

@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.reliability.conftest import NOTEBOOK_RENDEZVOUS, TableState, state
 
@@ -103,3 +106,45 @@ def test_cell_running_past_the_stage_timeout_is_a_failed_stage(project):
     assert "cell 2 (`import time`) ran longer than the stage timeout of 10.0 s" in str(err)
     assert err.cell_index == 2  # in the stage's own notebook: parameters, write, then the sleeping cell
     assert state(sdk.lakehouse, "silver.t") == TableState(0, DAYS) and _values(sdk) == {1}
+
+
+OWNER = """import json, sys, time
+from qsdk.execution.kernels import KernelPool
+pool = KernelPool(2, cwd=sys.argv[1], start="fork")
+pool.wait_ready()
+pool.acquire()  # one kernel handed out (as to a running task), two spares started behind it
+pool.wait_ready()
+print(json.dumps({"zygote": pool.zygote_pid}), flush=True)
+time.sleep(600)
+"""
+
+
+def _kernels_of(zygote: int) -> list[psutil.Process]:
+    kernels = psutil.Process(zygote).children()
+    assert psutil.Process(zygote).name() == "qsdk-zygote"
+    assert kernels and all(k.name() == "qsdk-kernel" for k in kernels)  # forked kernels, named so
+    return kernels
+
+
+def _gone(procs: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return alive
+
+
+@pytest.mark.parametrize("also_the_zygote", [False, True], ids=["owner", "owner_and_zygote"])
+def test_forked_kernels_die_with_the_process_that_owns_their_pool(tmp_path, also_the_zygote):
+    """A SIGKILL of the process owning the pool (a Ray worker, a `qsdk run` driver) leaves no kernel
+    behind: not a spare, not the one handed out, also when the zygote is killed with it."""
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        zygote = psutil.Process(json.loads(owner.stdout.readline())["zygote"])
+        kernels = _kernels_of(zygote.pid)
+        assert len(kernels) == 3
+        if also_the_zygote:
+            zygote.kill()
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(timeout=30)
+        assert _gone([*kernels, zygote]) == []
+    finally:
+        owner.kill()
+        owner.wait()

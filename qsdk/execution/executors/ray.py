@@ -17,10 +17,12 @@ Only this module (and the head's own process, :func:`.rayhead.serve`) imports Ra
 - ``finalize``: shut Ray down only if ``init`` started or joined it (leaving a long-lived head
   running: only this driver disconnects).
 
-Ray starts worker processes with fork+exec (fresh interpreters), and kernels are started the
-same way, so no process forks after ``deltalake`` is loaded (its runtime does not survive a
-fork without exec). Every result carries ``extra["forks"]``: the Python-level forks
-(``os.fork``, multiprocessing's "fork") its worker made so far, which must stay 0.
+Ray starts worker processes with fork+exec (fresh interpreters), and a worker never forks
+itself: its kernels are forked by its pool's zygote (:mod:`qsdk.execution.zygote`), a process
+started with fork+exec that imports ``deltalake`` but never starts its runtime (which does not
+survive a fork), or started as new interpreters (``QSDK_KERNEL_START=spawn``). Every result
+carries ``extra["forks"]``: the Python-level forks (``os.fork``, multiprocessing's "fork") its
+worker made so far, which must stay 0.
 """
 
 from __future__ import annotations
