@@ -170,6 +170,24 @@ def listdir(loc: Location) -> list[str]:
     return sorted(info.base_name for info in infos)
 
 
+def object_tree(loc: ObjectPath, *, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, int]]:
+    """``{key relative to loc: (mtime_ns, size)}`` of every object under ``loc`` (one recursive
+    listing), leaving out the top-level folders named in ``skip``."""
+    from pyarrow import fs
+
+    filesystem, path = _filesystem(loc)
+    infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True, allow_not_found=True))
+    out: dict[str, tuple[int, int]] = {}
+    for info in infos:
+        if info.type != fs.FileType.File:
+            continue
+        rel = info.path[len(path):].lstrip("/")
+        if rel.split("/", 1)[0] in skip:
+            continue
+        out[rel] = (info.mtime_ns or 0, info.size or 0)
+    return out
+
+
 def read_text(loc: Location) -> str | None:
     """The file's text; ``None`` when there is no such file."""
     if isinstance(loc, Path):

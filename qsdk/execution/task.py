@@ -291,10 +291,15 @@ _LINK = -1  # the size recorded for a symbolic link: never a file's
 def _lake_files(task: Task) -> dict[str, tuple[int, int]]:
     """``{relative path: (mtime_ns, size)}`` of every file and symbolic link (size ``_LINK``)
     under the lakehouse root, but qsdk's own folders and the runs folder (when it lies inside
-    the lakehouse). Links are never followed. An object-store lakehouse is not walked: the
-    direct-write check covers local lakehouses only (README, "Running on a cluster")."""
-    if storage.is_remote(task.context.lakehouse_root):
-        return {}
+    the lakehouse). Links are never followed. On an object store, every object under the root
+    (one recursive listing) but qsdk's own folders; its modification times have the store's
+    resolution, which is why a commit or data file counts as changed only by being new or gone
+    or resized or re-timed: Delta never rewrites either."""
+    loc = storage.location(task.context.lakehouse_root)
+    if isinstance(loc, storage.ObjectPath):
+        from qsdk.cache import CACHE_DIR
+
+        return storage.object_tree(loc, skip=(CACHE_DIR, qnames.SANDBOX_DIR, qnames.LOCK_DIR))
     root = Path(task.context.lakehouse_root)
     skip = guard.private_folders(root, task.context.staging_dir)
     files: dict[str, tuple[int, int]] = {}
@@ -327,9 +332,9 @@ def _check_direct_writes(task: Task, before: dict[str, tuple[int, int]], *,
     commit files and data files are immutable, and a new file inside a table must be added by
     one of the new commits (or be named like a delta-rs data file, see ``_DELTA_DATA_FILE``).
     """
-    if storage.is_remote(task.context.lakehouse_root):
-        return
-    root = Path(task.context.lakehouse_root)
+    root = storage.location(task.context.lakehouse_root)
+    if isinstance(root, Path):
+        root = Path(task.context.lakehouse_root)  # as given: the message names the folder the user set
     after = _lake_files(task)
     changed = sorted({p for p, st in after.items() if before.get(p) != st} | (before.keys() - after.keys()))
     added: dict[str, set[str]] = {}  # table folder -> data files its new commits add
@@ -339,7 +344,7 @@ def _check_direct_writes(task: Task, before: dict[str, tuple[int, int]], *,
     for rel in changed:
         parts = Path(rel).parts
         table = Path(*parts[:2]) if len(parts) > 2 else None
-        in_table = table is not None and (root / table / "_delta_log").is_dir()
+        in_table = table is not None and _has_log(str(table), before, after)
         if rel in links:
             continue
         if in_table and parts[2] == "_delta_log":
@@ -361,15 +366,21 @@ def _check_direct_writes(task: Task, before: dict[str, tuple[int, int]], *,
         raise _failed(
             task,
             f"the notebook changed the lakehouse folder {root} directly instead of through "
-            f"qsdk.write_table: {_what_it_did(root, stray, links, commits, before)}; the stage's own "
+            f"qsdk.write_table: {_what_it_did(root, stray, links, commits, before, after)}; the stage's own "
             "writes were not committed; write tables only with qsdk.write_table" + (_also(then) if then else ""),
             reason="direct_write", ename="DirectLakehouseWrite", evalue="\n".join([*stray, *links]),
             commits={folder.replace(os.sep, "."): versions for folder, versions in commits.items()},
         )
 
 
-def _what_it_did(root: Path, stray: list[str], links: list[str], commits: dict[str, list[int]],
-                 before: dict[str, tuple[int, int]]) -> str:
+def _has_log(table: str, *trees: dict[str, tuple[int, int]]) -> bool:
+    """Whether folder ``table`` holds a Delta log (in the listing before or after the task)."""
+    prefix = f"{table}/_delta_log/"
+    return any(rel.startswith(prefix) for tree in trees for rel in tree)
+
+
+def _what_it_did(root: storage.Location, stray: list[str], links: list[str], commits: dict[str, list[int]],
+                 before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> str:
     """What a direct write left behind, and for each kind how to undo it: only what is true."""
     said = []
     for folder, versions in sorted(commits.items()):
@@ -381,7 +392,8 @@ def _what_it_did(root: Path, stray: list[str], links: list[str], commits: dict[s
             what += f": it created the table; delete the folder {root / folder} to undo it"
         else:
             what += f": undo with `qsdk restore {table} --version {first - 1}`"
-            latest = max(int(p.stem) for p in (root / folder / "_delta_log").glob("[0-9]*.json"))
+            latest = max(int(Path(rel).stem) for rel in after
+                         if rel.startswith(f"{folder}/_delta_log/") and _COMMIT_FILE.fullmatch(Path(rel).name))
             if latest > max(versions):
                 what += f" (this also undoes the later versions up to {latest})"
         said.append(what)
@@ -403,11 +415,11 @@ def _shown(paths: list[str]) -> str:
     return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
 
 
-def _qsdk_commit(path: Path, adds: set[str]) -> bool:
+def _qsdk_commit(path: storage.Location, adds: set[str]) -> bool:
     """Whether the Delta commit file at ``path`` was made by qsdk; collect its ``add`` paths."""
     ours = False
     try:
-        actions = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        actions = [json.loads(line) for line in (storage.read_text(path) or "").splitlines() if line.strip()]
     except (OSError, ValueError):  # unreadable: not a commit qsdk wrote
         return False
     for action in actions:

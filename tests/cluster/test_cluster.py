@@ -82,8 +82,9 @@ marker = pathlib.Path("/tmp/qsdk-killed-worker")  # on the far node's own tmpfs
 if marker.exists():
     print("retry after killing worker", marker.read_text())
 elif start.startswith("2021"):  # the first attempt of this partition kills its Ray worker
-    marker.write_text(str(os.getppid()))
-    os.kill(os.getppid(), signal.SIGKILL)
+    worker = int(os.environ["JPY_PARENT_PID"])  # (a forked kernel's parent is its zygote)
+    marker.write_text(str(worker))
+    os.kill(worker, signal.SIGKILL)
     time.sleep(60)"""
 WRITE = """import pandas as pd, qsdk
 df = pd.DataFrame({"date": pd.date_range(start, end, freq="MS"), "v": 1})

@@ -187,6 +187,45 @@ def test_files_written_into_the_lakehouse_directly_fail_the_stage(project, case,
     assert 2.0 not in set(sdk.lakehouse.read("silver.prices").column("v").to_pylist())  # the stage's write: dropped
 
 
+DIRECT_S3 = {
+    "deltalake, bypassing the contract": (
+        'import deltalake\nfrom qsdk import storage\n'
+        'deltalake.write_deltalake(f"{lake}/silver/prices", pd.DataFrame({"k": [99], "v": [9.0]}), mode="append", '
+        'storage_options=storage.storage_options(lake))',
+        ["silver/prices/_delta_log/00000000000000000001.json"]),
+    "an object outside any table": (
+        'from qsdk import storage\nstorage.write_text(lake / "silver/notes/n.csv", "k\\n99\\n")',
+        ["silver/notes/n.csv"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DIRECT_S3))
+def test_objects_written_into_an_object_store_lakehouse_directly_fail_the_stage(project, s3_root, case):
+    """The same check on an ``s3://`` lakehouse: one listing of the store before and after the notebook."""
+    from qsdk.sdk import QuantSDK
+
+    code, paths = DIRECT_S3[case]
+    _direct_project(project, code)
+    sdk = QuantSDK(project.root, lakehouse_root=s3_root, runs_dir=project.root / "runs")
+    sdk.run_pipeline("f", executor="local", track=False, cache=False)
+    assert state(sdk.lakehouse, "silver.prices") == TableState(0, 10)
+
+    result = sdk.run_pipeline("f", params={"attack": code}, executor="local", track=False, cache=False,
+                              raise_on_failure=False)
+    (failed,) = result.failures
+    err = failed.error
+    assert err.reason == "direct_write" and err.ename == "DirectLakehouseWrite", err
+    assert err.evalue.splitlines() == paths
+    assert f"changed the lakehouse folder {s3_root} directly" in str(err)
+    bypassed = 1 if "deltalake" in case else 0  # a direct Delta commit is reported, not undone
+    assert state(sdk.lakehouse, "silver.prices").version == bypassed
+    if bypassed:
+        assert "undo with `qsdk restore silver.prices --version 0`" in str(err) and err.commits == {"silver.prices": [1]}
+    else:
+        assert f"added {paths[0]} (nothing committed them; remove those files)" in str(err)
+    assert 2.0 not in set(sdk.lakehouse.read("silver.prices").column("v").to_pylist())  # the stage's write: dropped
+
+
 def _undo_with_qsdk_restore(sdk, capsys) -> None:
     from qsdk import cli
     from qsdk.lakehouse.sandbox import user_name
