@@ -27,7 +27,9 @@ tables and are not watched.
 Limits: this catches mistakes, not a notebook set on evading it: a reader whose native code
 opens files through an entry point not wrapped here (polars, DuckDB, a subprocess) is not seen,
 nor an open through a link to a single lakehouse file made outside the lakehouse (a link made
-inside it fails the stage as a direct write).
+inside it fails the stage as a direct write). On an object-store lakehouse the wrapped readers'
+``s3://`` arguments are checked (and a key given with pyarrow's ``S3FileSystem``, as pandas
+passes it on); reads through other clients (boto3, s3fs, DuckDB) are not seen.
 Audit hooks cannot be removed: the hook stays for the kernel's life. When no stage is watched
 it returns at once; otherwise an open costs a dict lookup (the folder, resolved once) and a
 string prefix test, about a microsecond.
@@ -74,6 +76,8 @@ class _Watch:
     stage: str
     allowed: tuple[str, ...]  # tables the stage may read (for the message)
     staging_dir: str | None
+    uris: tuple[str, ...] = ()  # object-store roots, ``s3://bucket/prefix/``
+    private_uris: tuple[str, ...] = ()  # their folders that are not tables, each ending with /
 
 
 _watch: _Watch | None = None
@@ -100,15 +104,20 @@ def install(context: Any) -> None:
     if context is None:
         _watch = None
         return
-    # only local roots: a notebook's own object-store reads are not seen (README, "Running on a cluster")
-    roots = [r for r in (context.lakehouse_root, *context.read_roots.values()) if "://" not in str(r)]
+    every = list(dict.fromkeys(str(r) for r in (context.lakehouse_root, *context.read_roots.values())))
+    roots = [r for r in every if "://" not in r]
+    uris = tuple(_uri(r).rstrip("/") + "/" for r in every if "://" in r)
+    from qsdk.cache import CACHE_DIR
+    from qsdk.names import LOCK_DIR, SANDBOX_DIR
+
+    private_uris = tuple(f"{u}{d}/" for u in uris for d in (CACHE_DIR, SANDBOX_DIR, LOCK_DIR))
     real = [os.path.realpath(r) for r in dict.fromkeys(roots)]
     private = set()
     for root in real:
         private |= {os.path.realpath(p) for p in private_folders(root, context.staging_dir)}
     _watch = _Watch(roots=tuple(r.rstrip(os.sep) + os.sep for r in real), private=frozenset(private),
-                    stage=context.stage, allowed=tuple(context.allowed_reads),
-                    staging_dir=context.staging_dir)
+                    uris=uris, private_uris=private_uris, stage=context.stage,
+                    allowed=tuple(context.allowed_reads), staging_dir=context.staging_dir)
 
 
 def recorded(staging_dir: str | Path) -> list[dict[str, Any]]:
@@ -122,15 +131,39 @@ def recorded(staging_dir: str | Path) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------ the check
 
 
-def check(source: Any, *, how: str) -> None:
-    """Raise :class:`DirectReadError` if ``source`` (a path, ``file://`` URI, or a list of
-    them) lies in a watched lakehouse and this is not one of qsdk's own reads."""
+def check(source: Any, *, how: str, filesystem: Any = None) -> None:
+    """Raise :class:`DirectReadError` if ``source`` (a path, ``file://`` or ``s3://`` URI, or a
+    list of them) lies in a watched lakehouse and this is not one of qsdk's own reads. A path
+    given with a pyarrow ``S3FileSystem`` (``bucket/key``, as pandas passes it on) is an
+    ``s3://`` URI."""
     if _watch is None or _trusted.get() or getattr(_busy, "on", False):
         return
+    if _watch.uris:
+        on_s3 = type(filesystem).__name__ == "S3FileSystem"
+        for uri in _uris(source, on_s3=on_s3):
+            if uri.startswith(_watch.uris) and not uri.startswith(_watch.private_uris):
+                raise _violation(uri, how)
     for path in _paths(source):
         hit = _lakehouse_path(path)
         if hit is not None:
             raise _violation(hit, how)
+
+
+def _uri(text: str) -> str:
+    """``s3a://`` spelled ``s3://``; other text as it is."""
+    return "s3://" + text[len("s3a://"):] if text.startswith("s3a://") else text
+
+
+def _uris(source: Any, *, on_s3: bool) -> list[str]:
+    if isinstance(source, list | tuple):
+        return [u for item in source for u in _uris(item, on_s3=on_s3)]
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str):
+        return []
+    if "://" in source:
+        return [_uri(source)]
+    return [f"s3://{source.lstrip('/')}"] if on_s3 else []
 
 
 def _paths(source: Any) -> list[str]:
@@ -176,7 +209,7 @@ def _lakehouse_path(path: str) -> str | None:
 def _violation(path: str, how: str) -> DirectReadError:
     watch = _watch
     assert watch is not None
-    root = next(r for r in watch.roots if path.startswith(r))
+    root = next(r for r in (*watch.roots, *watch.uris) if path.startswith(r))
     parts = Path(path[len(root):]).parts
     table = f"{parts[0]}.{parts[1]}" if len(parts) >= 2 else None
     if table is None:
@@ -237,7 +270,7 @@ def _guard_init(cls: type, how: str, *, param: str, skip_callers: tuple[str, ...
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         caller = sys._getframe(1).f_globals.get("__name__", "")
         if _watch is not None and not (skip_callers and caller.startswith(skip_callers)):
-            check(args[0] if args else kwargs.get(param), how=how)
+            check(args[0] if args else kwargs.get(param), how=how, filesystem=kwargs.get("filesystem"))
         original(self, *args, **kwargs)
 
     __init__.__qsdk_guarded__ = True  # type: ignore[attr-defined]
@@ -251,7 +284,7 @@ def _guard_function(module: Any, name: str, how: str) -> None:
 
     @functools.wraps(original)
     def wrapper(source: Any, *args: Any, **kwargs: Any) -> Any:
-        check(source, how=how)
+        check(source, how=how, filesystem=kwargs.get("filesystem"))
         return original(source, *args, **kwargs)
 
     wrapper.__qsdk_guarded__ = True  # type: ignore[attr-defined]

@@ -83,6 +83,43 @@ def test_direct_reads_of_lakehouse_files_fail_the_stage(sdk, case):
         assert errors and errors[0]["ename"] == "DirectReadError"
 
 
+READS_S3 = {
+    "pandas read_parquet of a table folder": ('pd.read_parquet(f"{lake}/silver/prices")', "silver/prices",
+                                              "silver.prices"),
+    "pyarrow.dataset": ('import pyarrow.dataset as ds\nds.dataset(f"{lake}/silver/prices").to_table()',
+                        "silver/prices", "silver.prices"),
+    "deltalake.DeltaTable of an undeclared table": (
+        'import deltalake\ndeltalake.DeltaTable(f"{lake}/silver/secret").to_pandas()', "silver/secret",
+        "silver.secret"),
+}
+
+
+@pytest.mark.parametrize("case", list(READS_S3))
+def test_direct_reads_of_an_object_store_lakehouse_fail_the_stage(project, s3_root, case):
+    """On an ``s3://`` lakehouse the guard sees the table's URI (or, from pandas, its key with
+    pyarrow's S3 file system) in the wrapped readers' arguments."""
+    from qsdk.sdk import QuantSDK
+
+    attack, opened, table = READS_S3[case]
+    (project.table("silver.prices", COLS, primary_key=["k"]).table("silver.secret", COLS)
+     .table("silver.out", COLS)
+     .stage("reader", 'attack: str = ""', NOTEBOOK, inputs=["silver.prices"], outputs=["silver.out"])
+     .flow("f", ["reader"]).save())
+    sdk = QuantSDK(project.root, lakehouse_root=s3_root, runs_dir=project.root / "runs")
+    sdk.lakehouse.write("silver.prices", pd.DataFrame({"k": range(10), "v": 1.0}), mode="append")
+    sdk.lakehouse.write("silver.secret", pd.DataFrame({"k": [1], "v": 2.0}), mode="append")
+    assert sdk.run_pipeline("f", executor="local", track=False, cache=False).status == "succeeded"  # qsdk's reads pass
+    before = state(sdk.lakehouse, "silver.out")
+    result = sdk.run_pipeline("f", params={"attack": attack}, executor="local", track=False, cache=False,
+                              raise_on_failure=False)
+    (failed,) = result.failures
+    err = failed.error
+    assert err.reason == "direct_read" and err.ename == "DirectLakehouseRead", err
+    assert err.evalue.splitlines() == [f"{s3_root}/{opened}"]
+    assert f"read it with qsdk.DataLoader().read({table!r})" in str(err)
+    assert state(sdk.lakehouse, "silver.out") == before  # its staged write: not committed
+
+
 def test_links_in_the_lakehouse_fail_the_stage_and_qsdk_tables_reports_them_broken(project, tmp_path, capsys):
     outside = tmp_path / "outside" / "t"
     (outside / "_delta_log").mkdir(parents=True)
