@@ -153,18 +153,23 @@ if attack:
             .flow("f", ["prices"]).sdk())
 
 
-@pytest.mark.parametrize("case", list(DIRECT))
-def test_files_written_into_the_lakehouse_directly_fail_the_stage(project, case, capsys):
-    code, paths = DIRECT[case]
-    sdk = _direct_project(project, code)
+def _seed_then_attack(sdk, code: str):
+    """Run the stage once plainly (version 0, 10 rows), then with ``code``: its direct-write error."""
     sdk.run_pipeline("f", executor="local", track=False, cache=False)
     assert state(sdk.lakehouse, "silver.prices") == TableState(0, 10)
-
     result = sdk.run_pipeline("f", params={"attack": code}, executor="local", track=False, cache=False,
                               raise_on_failure=False)
     (failed,) = result.failures
     err = failed.error
-    assert err.reason == "direct_write" and err.ename == "DirectLakehouseWrite"
+    assert err.reason == "direct_write" and err.ename == "DirectLakehouseWrite", err
+    return err
+
+
+@pytest.mark.parametrize("case", list(DIRECT))
+def test_files_written_into_the_lakehouse_directly_fail_the_stage(project, case, capsys):
+    code, paths = DIRECT[case]
+    sdk = _direct_project(project, code)
+    err = _seed_then_attack(sdk, code)
     assert "directly instead of through qsdk.write_table" in str(err)
     stray = err.evalue.splitlines()
     if paths is None:
@@ -207,14 +212,7 @@ def test_objects_written_into_an_object_store_lakehouse_directly_fail_the_stage(
     code, paths = DIRECT_S3[case]
     _direct_project(project, code)
     sdk = QuantSDK(project.root, lakehouse_root=s3_root, runs_dir=project.root / "runs")
-    sdk.run_pipeline("f", executor="local", track=False, cache=False)
-    assert state(sdk.lakehouse, "silver.prices") == TableState(0, 10)
-
-    result = sdk.run_pipeline("f", params={"attack": code}, executor="local", track=False, cache=False,
-                              raise_on_failure=False)
-    (failed,) = result.failures
-    err = failed.error
-    assert err.reason == "direct_write" and err.ename == "DirectLakehouseWrite", err
+    err = _seed_then_attack(sdk, code)
     assert err.evalue.splitlines() == paths
     assert f"changed the lakehouse folder {s3_root} directly" in str(err)
     bypassed = 1 if "deltalake" in case else 0  # a direct Delta commit is reported, not undone

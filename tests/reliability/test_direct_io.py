@@ -83,15 +83,8 @@ def test_direct_reads_of_lakehouse_files_fail_the_stage(sdk, case):
         assert errors and errors[0]["ename"] == "DirectReadError"
 
 
-READS_S3 = {
-    "pandas read_parquet of a table folder": ('pd.read_parquet(f"{lake}/silver/prices")', "silver/prices",
-                                              "silver.prices"),
-    "pyarrow.dataset": ('import pyarrow.dataset as ds\nds.dataset(f"{lake}/silver/prices").to_table()',
-                        "silver/prices", "silver.prices"),
-    "deltalake.DeltaTable of an undeclared table": (
-        'import deltalake\ndeltalake.DeltaTable(f"{lake}/silver/secret").to_pandas()', "silver/secret",
-        "silver.secret"),
-}
+READS_S3 = {case: READS[case] for case in ("pandas read_parquet of a table folder", "pyarrow.dataset",
+                                           "deltalake.DeltaTable of an undeclared table")}
 
 
 @pytest.mark.parametrize("case", list(READS_S3))
