@@ -16,8 +16,10 @@ those replaced by what exists there:
 The executed notebook comes back to the driver inside the result (``TaskResult.notebook_data``):
 :func:`deliver` writes it under the driver's ``runs/<run_id>/`` before any hook sees the result,
 so the tracking hook logs it (and renders its HTML) from there. A path the task needs that does
-not exist on the worker (a local lakehouse folder, a SQLite tracking store) fails the task with
-a message naming it and what to use on a cluster instead.
+not exist on the worker (a local lakehouse or read-root folder, the stage's notebook) fails the
+task with a message naming it and what to use on a cluster instead. A SQLite tracking store is
+not checked (its URI reaches the worker with the tracker's ids, after the task started): on a
+cluster, tracking needs a server (README, "Running on a cluster").
 """
 
 from __future__ import annotations
