@@ -53,10 +53,12 @@ RUN_TIMEOUT = 900
 # new /tmp first, since the tmpfs over the checkout hides it, then moved back to its own path).
 FAR_NODE = r"""
 set -e
+# the venv is set aside first, outside /tmp and the checkout: the checkout may itself lie under /tmp
+aside=$(mktemp -d /dev/shm/qsdk-venv-aside.XXXXXX)
+mount --bind "$QSDK_VENV" "$aside"
 mount -t tmpfs qsdk-far-tmp /tmp
-mkdir -p /tmp/.venv-aside && mount --bind "$QSDK_VENV" /tmp/.venv-aside
-mount -t tmpfs qsdk-far-checkout "$QSDK_CHECKOUT"
-mkdir -p "$QSDK_VENV" && mount --move /tmp/.venv-aside "$QSDK_VENV" && rmdir /tmp/.venv-aside
+mkdir -p "$QSDK_CHECKOUT" && mount -t tmpfs qsdk-far-checkout "$QSDK_CHECKOUT"
+mkdir -p "$QSDK_VENV" && mount --move "$aside" "$QSDK_VENV" && rmdir "$aside"
 mkdir -p "$HOME" "$XDG_CACHE_HOME"
 exec "$QSDK_VENV/bin/ray" start --address="$QSDK_HEAD" --temp-dir="$QSDK_FAR_TEMP" "$@"
 """
