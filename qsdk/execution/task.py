@@ -297,9 +297,7 @@ def _lake_files(task: Task) -> dict[str, tuple[int, int]]:
     or resized or re-timed: Delta never rewrites either."""
     loc = storage.location(task.context.lakehouse_root)
     if isinstance(loc, storage.ObjectPath):
-        from qsdk.cache import CACHE_DIR
-
-        return storage.object_tree(loc, skip=(CACHE_DIR, qnames.SANDBOX_DIR, qnames.LOCK_DIR))
+        return storage.object_tree(loc, skip=guard.private_names())
     root = Path(task.context.lakehouse_root)
     skip = guard.private_folders(root, task.context.staging_dir)
     files: dict[str, tuple[int, int]] = {}

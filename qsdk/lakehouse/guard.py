@@ -87,13 +87,18 @@ _folders: dict[str, str] = {}  # folder -> the folder resolved (links followed)
 def private_folders(root: str | Path, staging_dir: str | Path | None) -> set[str]:
     """Folders under ``root`` that qsdk writes outside table commits: cache records, sandboxes,
     table-creation locks, and the runs folder when it lies inside the lakehouse."""
-    from qsdk.cache import CACHE_DIR
-    from qsdk.names import LOCK_DIR, SANDBOX_DIR
-
     root = Path(root)
     staging = Path(staging_dir or root)  # <runs>/<run_id>/.staging/<stage>[/<partition>]
     runs = next((p.parent.parent for p in staging.parents if p.name == ".staging"), None)
-    return {str(root / d) for d in (CACHE_DIR, SANDBOX_DIR, LOCK_DIR)} | ({str(runs)} if runs else set())
+    return {str(root / d) for d in private_names()} | ({str(runs)} if runs else set())
+
+
+def private_names() -> tuple[str, ...]:
+    """The top-level folders of a lakehouse that qsdk writes outside table commits."""
+    from qsdk.cache import CACHE_DIR
+    from qsdk.names import LOCK_DIR, SANDBOX_DIR
+
+    return (CACHE_DIR, SANDBOX_DIR, LOCK_DIR)
 
 
 def install(context: Any) -> None:
@@ -107,10 +112,7 @@ def install(context: Any) -> None:
     every = list(dict.fromkeys(str(r) for r in (context.lakehouse_root, *context.read_roots.values())))
     roots = [r for r in every if "://" not in r]
     uris = tuple(_uri(r).rstrip("/") + "/" for r in every if "://" in r)
-    from qsdk.cache import CACHE_DIR
-    from qsdk.names import LOCK_DIR, SANDBOX_DIR
-
-    private_uris = tuple(f"{u}{d}/" for u in uris for d in (CACHE_DIR, SANDBOX_DIR, LOCK_DIR))
+    private_uris = tuple(f"{u}{d}/" for u in uris for d in private_names())
     real = [os.path.realpath(r) for r in dict.fromkeys(roots)]
     private = set()
     for root in real:

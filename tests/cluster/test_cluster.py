@@ -36,7 +36,14 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, Project
-from tests.services.fixtures import S3Server, free_port, start_mlflow_server, stop_group
+from tests.services.fixtures import (
+    S3Server,
+    free_port,
+    processes_naming,
+    start_mlflow_server,
+    stop_group,
+    stop_processes,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -113,14 +120,6 @@ def _run_ray_start(args: list[str], env: dict[str, str], *, cleanup: Callable[[]
             raise RuntimeError(f"`ray start` failed twice: {done.stderr[-2000:]}")
 
 
-def _processes_naming(text: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if proc.pid != os.getpid() and text in " ".join(proc.info["cmdline"] or []):
-            found.append(proc)
-    return found
-
-
 def _mount_ns(pid: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/ns/mnt")
@@ -132,29 +131,8 @@ def _in_namespace(ns: str) -> list[psutil.Process]:
     return [p for p in psutil.process_iter() if p.pid != os.getpid() and _mount_ns(p.pid) == ns]
 
 
-def _stop(procs: list[psutil.Process]) -> None:
-    """Terminate these processes and their children; kill what is left after 10 s."""
-    every = set(procs)
-    for proc in procs:
-        try:
-            every |= set(proc.children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
-    for proc in every:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(list(every), timeout=10)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 def _far_processes(far_temp: str) -> list[psutil.Process]:
-    namespaces = {_mount_ns(p.pid) for p in _processes_naming(far_temp)} - {None, _mount_ns(os.getpid())}
+    namespaces = {_mount_ns(p.pid) for p in processes_naming(far_temp)} - {None, _mount_ns(os.getpid())}
     return [p for ns in namespaces for p in _in_namespace(ns)]
 
 
@@ -178,21 +156,21 @@ def cluster(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> It
     try:
         _run_ray_start([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
                         f"--temp-dir={head_temp}", "--num-cpus=1", *common], {**clean, **auth},
-                       cleanup=lambda: _stop(_processes_naming(head_temp)))
+                       cleanup=lambda: stop_processes(processes_naming(head_temp)))
         far_env = {**clean, **auth, "QSDK_VENV": str(VENV), "QSDK_CHECKOUT": str(REPO),
                    "QSDK_HEAD": f"127.0.0.1:{port}", "QSDK_FAR_TEMP": far_temp, "HOME": "/tmp/home",
                    "XDG_CACHE_HOME": "/tmp/cache", "TMPDIR": "/tmp"}
         _run_ray_start(["unshare", "--mount", "--propagation", "private", "bash", "-c", FAR_NODE, "far-node",
                         "--num-cpus=2", '--resources={"far": 2}', *common], far_env,
-                       cleanup=lambda: _stop(_far_processes(far_temp)))
-        raylet = next(p for p in _processes_naming(far_temp) if "raylet" in " ".join(p.cmdline()))
+                       cleanup=lambda: stop_processes(_far_processes(far_temp)))
+        raylet = next(p for p in processes_naming(far_temp) if "raylet" in " ".join(p.cmdline()))
         env = {**os.environ, **s3_server.env, **auth, "MLFLOW_TRACKING_URI": mlflow.uri,
                "QSDK_RAY_TASK_RESOURCES": json.dumps({"far": 1})}
         env.pop("RAY_ADDRESS", None)
         yield Cluster(f"127.0.0.1:{port}", env, raylet.pid, _node_id(raylet), far_temp)
     finally:
-        _stop(_far_processes(far_temp))
-        _stop(_processes_naming(head_temp))
+        stop_processes(_far_processes(far_temp))
+        stop_processes(processes_naming(head_temp))
         shutil.rmtree(head_temp, ignore_errors=True)
         stop_group(mlflow.process)
 

@@ -27,6 +27,7 @@ import pytest
 
 from qsdk.integrations.progress import ConsoleProgress
 from tests.conftest import REPO
+from tests.services.fixtures import processes_naming, stop_processes
 
 ray = pytest.importorskip("ray")
 from qsdk.execution.executors.ray import RayExecutor  # noqa: E402
@@ -200,22 +201,7 @@ def _free_port() -> int:
 def _stop_cluster(temp_dir: str) -> None:
     """Stop only this cluster's processes: every process naming its temp dir, and their
     children (workers, kernels). ``ray stop`` would stop every Ray on the machine."""
-    procs = set()
-    for proc in psutil.process_iter(["cmdline"]):
-        if proc.pid != os.getpid() and temp_dir in " ".join(proc.info["cmdline"] or []):
-            procs.add(proc)
-            try:
-                procs |= set(proc.children(recursive=True))
-            except psutil.NoSuchProcess:
-                pass
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(list(procs), timeout=10)
-    for proc in alive:
-        proc.kill()
+    stop_processes(processes_naming(temp_dir))
 
 
 def test_flow_on_a_two_node_cluster_runs_partitions_on_both_nodes(project):

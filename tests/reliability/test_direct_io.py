@@ -49,16 +49,24 @@ READS = {
 }
 
 
-@pytest.fixture(scope="module")
-def sdk(tmp_path_factory):
-    project = Project(tmp_path_factory.mktemp("direct") / "proj")
-    sdk = (project.table("silver.prices", COLS, primary_key=["k"]).table("silver.secret", COLS)
-           .table("silver.out", COLS)
-           .stage("reader", 'attack: str = ""', NOTEBOOK, inputs=["silver.prices"], outputs=["silver.out"])
-           .flow("f", ["reader"]).sdk())
+def _reader_sdk(project: Project, lakehouse_root: str | Path | None = None):
+    """The reader stage's project, its two tables seeded, on ``lakehouse_root`` (default: the project's)."""
+    from qsdk.sdk import QuantSDK
+
+    (project.table("silver.prices", COLS, primary_key=["k"]).table("silver.secret", COLS)
+     .table("silver.out", COLS)
+     .stage("reader", 'attack: str = ""', NOTEBOOK, inputs=["silver.prices"], outputs=["silver.out"])
+     .flow("f", ["reader"]).save())
+    sdk = QuantSDK(project.root, lakehouse_root=lakehouse_root or project.root / "lakehouse",
+                   runs_dir=project.root / "runs")
     sdk.lakehouse.write("silver.prices", pd.DataFrame({"k": range(10), "v": 1.0}), mode="append")
     sdk.lakehouse.write("silver.secret", pd.DataFrame({"k": [1], "v": 2.0}), mode="append")
     return sdk
+
+
+@pytest.fixture(scope="module")
+def sdk(tmp_path_factory):
+    return _reader_sdk(Project(tmp_path_factory.mktemp("direct") / "proj"))
 
 
 @pytest.mark.parametrize("case", list(READS))
@@ -91,16 +99,8 @@ READS_S3 = {case: READS[case] for case in ("pandas read_parquet of a table folde
 def test_direct_reads_of_an_object_store_lakehouse_fail_the_stage(project, s3_root, case):
     """On an ``s3://`` lakehouse the guard sees the table's URI (or, from pandas, its key with
     pyarrow's S3 file system) in the wrapped readers' arguments."""
-    from qsdk.sdk import QuantSDK
-
     attack, opened, table = READS_S3[case]
-    (project.table("silver.prices", COLS, primary_key=["k"]).table("silver.secret", COLS)
-     .table("silver.out", COLS)
-     .stage("reader", 'attack: str = ""', NOTEBOOK, inputs=["silver.prices"], outputs=["silver.out"])
-     .flow("f", ["reader"]).save())
-    sdk = QuantSDK(project.root, lakehouse_root=s3_root, runs_dir=project.root / "runs")
-    sdk.lakehouse.write("silver.prices", pd.DataFrame({"k": range(10), "v": 1.0}), mode="append")
-    sdk.lakehouse.write("silver.secret", pd.DataFrame({"k": [1], "v": 2.0}), mode="append")
+    sdk = _reader_sdk(project, s3_root)
     assert sdk.run_pipeline("f", executor="local", track=False, cache=False).status == "succeeded"  # qsdk's reads pass
     before = state(sdk.lakehouse, "silver.out")
     result = sdk.run_pipeline("f", params={"attack": attack}, executor="local", track=False, cache=False,

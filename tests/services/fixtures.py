@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,6 +122,33 @@ def start_mlflow_server(folder: Path, *, timeout: float = 180) -> MlflowServer:
             os.killpg(proc.pid, 9) if proc.poll() is None else None
             raise RuntimeError(f"mlflow server did not answer on {uri} (exit {proc.poll()})")
         time.sleep(0.2)
+
+
+def processes_naming(text: str) -> list[psutil.Process]:
+    """Every other process whose command line contains ``text`` (a test's private temp folder)."""
+    return [proc for proc in psutil.process_iter(["cmdline"])
+            if proc.pid != os.getpid() and text in " ".join(proc.info["cmdline"] or [])]
+
+
+def stop_processes(procs: list[psutil.Process]) -> None:
+    """Terminate these processes and their children; kill what is left after 10 s."""
+    every = set(procs)
+    for proc in procs:
+        try:
+            every |= set(proc.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    for proc in every:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(every), timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def stop_group(proc: subprocess.Popen[str]) -> None:
