@@ -52,7 +52,6 @@ class BackgroundTracking(Hook):
         self._proc: subprocess.Popen[bytes] | None = None
         self._held: list[_Call] = []  # calls made before the helper was needed
         self._pending: set[str] = set()  # id files the helper has not written yet
-        self._watch: threading.Thread | None = None
         self._lock = threading.Lock()
 
     # -------------------------------------------------------------- hook methods
@@ -105,8 +104,7 @@ class BackgroundTracking(Hook):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH")) if p)
         self._proc = subprocess.Popen([sys.executable, "-m", "qsdk.integrations.tracker"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        self._watch = threading.Thread(target=self._release_on_exit, name="qsdk-tracker-watch", daemon=True)
-        self._watch.start()
+        threading.Thread(target=self._release_on_exit, name="qsdk-tracker-watch", daemon=True).start()
         self._send("init", {"hook": self.inner})
         for method, kwargs in self._held:
             self._send(method, kwargs)
