@@ -131,6 +131,7 @@ class Usage:
     cpu: dict[tuple[int, float], float] = field(default_factory=dict)  # (pid, start time) -> user + system s
     kind: dict[tuple[int, float], str] = field(default_factory=dict)  # (pid, start time) -> _kind()
     reaped_cpu_s: float = 0.0  # the child's and its reaped descendants' (os.wait4)
+    peak_pss_by_kind: dict[str, float] = field(default_factory=dict)  # MiB per _kind() at the PSS peak
 
     @property
     def cpu_s(self) -> float:
@@ -157,12 +158,12 @@ def _kind(proc: Any) -> str:
         return "kernels"
     if name == "qsdk-zygote" or "qsdk.execution.zygote" in cmd:
         return "zygotes"
+    if "--child" in cmd:  # first: the driver's own command line names its executor ("flow:ray")
+        return "driver"
     if "default_worker.py" in cmd or "ray::" in cmd or name.startswith("ray::"):
         return "ray workers"
     if "ray" in cmd:
         return "ray services"
-    if "--child" in cmd:
-        return "driver"
     return "other"
 
 
@@ -183,6 +184,7 @@ def _sample_tree(pid: int, marker: str, usage: Usage, stop: threading.Event) -> 
     me = os.getuid()
     while True:
         total = pss = 0
+        by_kind: dict[str, float] = {}
         for proc in psutil.process_iter(["uids"]):
             try:
                 if proc.info["uids"] is None or proc.info["uids"].real != me:
@@ -198,10 +200,13 @@ def _sample_tree(pid: int, marker: str, usage: Usage, stop: threading.Event) -> 
                     usage.cpu[key] = times.user + times.system
                     if key not in usage.kind:
                         usage.kind[key] = _kind(proc)
+                    by_kind[usage.kind[key]] = by_kind.get(usage.kind[key], 0.0) + full.pss / 2**20
             except psutil.Error:  # gone meanwhile
                 continue
         usage.tree_peak_mib = max(usage.tree_peak_mib, total / 2**20)
-        usage.tree_peak_pss_mib = max(usage.tree_peak_pss_mib, pss / 2**20)
+        if pss / 2**20 > usage.tree_peak_pss_mib:
+            usage.tree_peak_pss_mib = pss / 2**20
+            usage.peak_pss_by_kind = by_kind
         if stop.wait(0.2):
             return
 
@@ -290,6 +295,8 @@ def main() -> None:
                   f"(largest reaped process {mem:6.0f} MiB)  load average "
                   f"{os.getloadavg()[0]:.1f}")
             print(f"    CPU by process: {_by_kind(usage)}")
+            print("    PSS at the peak: " + ", ".join(
+                f"{k} {v:.0f} MiB" for k, v in sorted(usage.peak_pss_by_kind.items(), key=lambda kv: -kv[1])))
     script = runs["script"]
     print(f"plain script:          median {median([r[0] for r in script]):7.1f} s wall "
           f"{median([r[2].cpu_s for r in script]):7.1f} s CPU   tree peak "
