@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--json", action="store_true")
     _add_versioning(sub)
     _add_ray(sub)
+    _add_tracker(sub)
     return parser
 
 
@@ -119,6 +120,44 @@ def _ray(args: argparse.Namespace) -> int:
         print(f"Ray head {info.address} (pid {info.pid}, {info.num_cpus} CPUs), up {time.time() - info.started:.0f} s, "
               f"stops after {info.idle_timeout:g} s without a run; state in {rayhead.state_dir(root)}")
     return 0 if info else 1
+
+
+def _add_tracker(sub: Any) -> None:
+    tracker = sub.add_parser("tracker", help="the long-lived tracking agent (started by the first tracked run, "
+                                             "stopped after $QSDK_TRACKER_IDLE_TIMEOUT seconds idle)")
+    tracker_sub = tracker.add_subparsers(dest="tracker_command", required=True)
+    tracker_sub.add_parser("status", help="which agents run: pid, idle timeout, socket").add_argument(
+        "--json", action="store_true")
+    tracker_sub.add_parser("stop", help="stop the agent that serves this environment").add_argument(
+        "--all", action="store_true", help="every tracking agent of this user, whatever its environment")
+
+
+def _tracker(args: argparse.Namespace) -> int:
+    """``qsdk tracker status|stop``: exit 0; ``status`` exits 1 when no agent serves this environment."""
+    import time
+
+    from qsdk.integrations import tracking_agent
+
+    agents = tracking_agent.running()
+    mine = tracking_agent.key()
+    if args.tracker_command == "stop":
+        agents = agents if args.all else [info for info in agents if info.key == mine]
+        for info in agents:
+            tracking_agent.stop(info.key)
+            print(f"stopped the tracking agent {info.key} (pid {info.pid})")
+        if not agents:
+            print("no tracking agent runs" + ("" if args.all else " for this environment"))
+        return 0
+    if args.json:
+        print(json.dumps([{**info.to_dict(), "this_environment": info.key == mine} for info in agents]))
+    elif all(info.key != mine for info in agents):
+        print(f"no tracking agent serves this environment; the next tracked run starts one "
+              f"(${tracking_agent.ENV_MODE}=process: a helper per run instead)")
+    for info in [] if args.json else agents:
+        print(f"tracking agent {info.key} (pid {info.pid}){' serves this environment' if info.key == mine else ''}, "
+              f"up {time.time() - info.started:.0f} s, stops after {info.idle_timeout:g} s without a run; "
+              f"socket {info.socket}")
+    return 0 if any(info.key == mine for info in agents) else 1
 
 
 def _add_picture_options(show: Any) -> None:
@@ -269,7 +308,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     handler = {"run": _run, "list": _list, "show": _show, "tables": _tables, "lineage": _lineage,
                "reproduce": _reproduce, "status": _status, "dvc": _dvc, "snapshot": _snapshot,
                "features": _features, "restore": _restore, "check": _check,
-               "runs": _runs, "import-script": _import_script, "checks": _checks, "ray": _ray}[args.command]
+               "runs": _runs, "import-script": _import_script, "checks": _checks, "ray": _ray,
+               "tracker": _tracker}[args.command]
     return handler(args)
 
 

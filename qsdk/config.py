@@ -44,6 +44,20 @@ def find_project_root(start: Path | None = None) -> Path:
     )
 
 
+def absolute_tracking_uri(uri: str) -> str:
+    """``uri`` with a relative SQLite file or store folder made absolute (from the current folder):
+    the tracking agent and Ray workers run elsewhere, and must reach the same store."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = uri.removeprefix("sqlite:///")
+        if path and not path.startswith(":memory:"):
+            return f"sqlite:///{Path(path).resolve()}"
+    elif uri.startswith("file:") and not uri.startswith("file:/"):
+        return Path(uri.removeprefix("file:")).resolve().as_uri()
+    elif "://" not in uri and uri not in ("databricks", "databricks-uc", "uc"):
+        return Path(uri).resolve().as_uri()  # a plain folder: MLflow's file store
+    return uri
+
+
 @dataclass(frozen=True)
 class Config:
     project_root: Path
@@ -53,9 +67,8 @@ class Config:
     tracking_uri: str = ""
 
     def __post_init__(self) -> None:
-        if not self.tracking_uri:
-            uri = os.environ.get(ENV_TRACKING) or f"sqlite:///{self.project_root / 'mlflow.db'}"
-            object.__setattr__(self, "tracking_uri", uri)
+        uri = self.tracking_uri or os.environ.get(ENV_TRACKING) or f"sqlite:///{self.project_root / 'mlflow.db'}"
+        object.__setattr__(self, "tracking_uri", absolute_tracking_uri(uri))
 
     @property
     def pipelines_dir(self) -> Path:

@@ -25,6 +25,29 @@ os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='qsdk-t
 # Runs on Ray start a throw-away embedded Ray, not a long-lived head that would outlive the test
 # (tests of the head, tests/integration/test_ray_head.py, ask for one and stop it).
 os.environ["QSDK_RAY"] = "embedded"
+# Tracked runs reach a long-lived tracking agent (the default); a test that changes the
+# environment gets its own, so they stop soon after their last run, and the session stops any
+# it started (tests/integration/test_tracking_agent.py tests the agent itself).
+os.environ["QSDK_TRACKER_IDLE_TIMEOUT"] = "60"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_tracking_agents_started_here():
+    from qsdk.integrations import tracking_agent
+
+    before = {info.pid for info in tracking_agent.running()}
+    yield
+    for info in tracking_agent.running():
+        if info.pid not in before:
+            tracking_agent.stop(info.key)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> str:
+    """A SQLite MLflow store of the test's own, as ``$MLFLOW_TRACKING_URI``."""
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
 
 
 def write_notebook(path: Path, parameters: str, *cells: str) -> Path:

@@ -24,6 +24,7 @@ retries with backoff when the database is locked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import subprocess
@@ -66,16 +67,57 @@ def artifact_root(tracking_uri: str) -> Path | None:
     return None
 
 
-_clients: dict[str, MlflowClient] = {}
+_clients: dict[str, tuple[MlflowClient, tuple[int, int] | None]] = {}  # uri -> client, SQLite file's identity
+_MAX_CLIENTS = 8  # a long-lived tracking agent serves runs of many stores: keep the latest open
 
 
 def client(tracking_uri: str) -> MlflowClient:
-    """One ``MlflowClient`` per tracking URI and process."""
-    if tracking_uri not in _clients:
-        from mlflow import MlflowClient
+    """One ``MlflowClient`` per tracking URI and process, while its SQLite file stays the same.
 
-        _clients[tracking_uri] = MlflowClient(tracking_uri=tracking_uri)
-    return _clients[tracking_uri]
+    A long-lived process (the tracking agent) outlives files: a SQLite store deleted or replaced
+    since its client was made (a new project folder, a restored backup) is opened anew, never
+    written through a connection to the old file.
+    """
+    cached = _clients.get(tracking_uri)
+    if cached is not None and cached[1] == _sqlite_identity(tracking_uri):
+        return cached[0]
+    _forget(tracking_uri)
+    from mlflow import MlflowClient
+
+    made = MlflowClient(tracking_uri=tracking_uri)  # opens (and creates) the store
+    _clients[tracking_uri] = (made, _sqlite_identity(tracking_uri))
+    while len(_clients) > _MAX_CLIENTS:
+        _forget(next(iter(_clients)))
+    return made
+
+
+def _sqlite_identity(tracking_uri: str) -> tuple[int, int] | None:
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    try:
+        st = Path(tracking_uri.removeprefix("sqlite:///")).stat()
+    except OSError:
+        return (-1, -1)  # gone: never equal to the identity of an open store
+    return st.st_dev, st.st_ino
+
+
+def _forget(tracking_uri: str) -> None:
+    """Close ``tracking_uri``'s client and MLflow's own cached store for it."""
+    cached = _clients.pop(tracking_uri, None)
+    if cached is None:
+        return
+    from mlflow.tracking._tracking_service import utils as store_utils
+
+    store = getattr(getattr(cached[0], "_tracking_client", None), "store", None)
+    with contextlib.suppress(Exception):
+        store.engine.dispose()  # type: ignore[union-attr]
+    # MLflow caches a store and a SQLAlchemy engine per URI too (private caches: skipped if a
+    # release renames them; tests/integration/test_tracking_agent.py would then fail)
+    with contextlib.suppress(Exception):
+        type(store)._engine_map.pop(tracking_uri, None)  # type: ignore[union-attr]
+    cache = getattr(store_utils._tracking_store_registry, "_get_store_with_resolved_uri", None)
+    if cache is not None and hasattr(cache, "cache_clear"):
+        cache.cache_clear()
 
 
 def prepare_store(tracking_uri: str) -> MlflowClient:

@@ -31,13 +31,6 @@ NOTEBOOK = REPO / "tests" / "notebooks" / "tracking_metrics.ipynb"
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
-
-
-@pytest.fixture
 def sdk(tmp_path, store) -> QuantSDK:
     """A project with one stage that logs metrics, run alone and fanned out by month."""
     project = tmp_path / "project"
@@ -284,7 +277,7 @@ print(json.dumps({"mlflow_imported": "mlflow" in sys.modules, "run": result.extr
 
 
 def test_a_tracked_run_records_everything_without_importing_mlflow_in_the_driver(sdk, store, tmp_path):
-    """The helper process (qsdk/integrations/tracker.py) does the MLflow work; when the run
+    """The tracking process (qsdk/integrations/tracking_agent.py) does the MLflow work; when the run
     returns, its record is complete: runs, parameters, notebook metrics, notebook; the HTML follows."""
     out = subprocess.run([sys.executable, "-c", _NO_MLFLOW_HERE, str(sdk.config.project_root),
                           str(sdk.config.lakehouse_root), str(sdk.config.runs_dir)],

@@ -22,7 +22,6 @@ Only :func:`serve` imports Ray; :func:`ensure`, :func:`status` and :func:`stop` 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -36,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from qsdk import localservice
 from qsdk.errors import ConfigError
 from qsdk.execution.executors.rayenv import OBJECT_STORE_BYTES, embedded_environment, pythonpath
 
@@ -43,6 +43,7 @@ IDLE_TIMEOUT = 900.0  # seconds without an attached run before the head stops it
 ENV_IDLE_TIMEOUT = "QSDK_RAY_IDLE_TIMEOUT"
 START_TIMEOUT = 420.0  # how long a run waits for a new head to come up (a loaded machine is slow)
 _POLL = 1.0  # how often the head looks at its leases
+_MODULE = "qsdk.execution.executors.rayhead"
 _SYSTEM_CONFIG = {"task_oom_retries": 1}  # as the embedded Ray
 # On a loaded machine Ray's raylet may give up waiting for its agents ("Timed out waiting for
 # file .../metrics_agent_port", after about 15 s) and the node fails to start: a head starts
@@ -72,17 +73,7 @@ def state_dir(project_root: str | Path) -> Path:
 
 
 def idle_timeout_default() -> float:
-    raw = os.environ.get(ENV_IDLE_TIMEOUT)
-    if not raw:
-        return IDLE_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"${ENV_IDLE_TIMEOUT}={raw!r} is not a number of seconds; set it to e.g. 900",
-                          variable=ENV_IDLE_TIMEOUT) from None
-    if value <= 0:
-        raise ConfigError(f"${ENV_IDLE_TIMEOUT}={raw!r} must be more than 0 seconds", variable=ENV_IDLE_TIMEOUT)
-    return value
+    return localservice.seconds_from_env(ENV_IDLE_TIMEOUT, IDLE_TIMEOUT)
 
 
 # ------------------------------------------------------------------ driver side (no Ray import)
@@ -131,7 +122,7 @@ def ensure(project_root: str | Path, *, num_cpus: int | None = None,
     """The head of ``project_root``, started (and waited for) if none runs."""
     folder = state_dir(project_root)
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder):  # two runs starting at once start one head
+    with localservice.locked(folder):  # two runs starting at once start one head
         info = status(project_root)
         if info is not None:
             return info
@@ -144,12 +135,8 @@ def stop(project_root: str | Path, *, timeout: float = 60.0) -> HeadInfo | None:
     info = status(project_root)
     if info is None:
         return None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(info.pid, signal.SIGTERM)
-    if not _wait_gone(info.pid, timeout):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(info.pid, signal.SIGKILL)  # its own session: the head and what it started
-        _wait_gone(info.pid, 10)
+    # SIGTERM: Ray shuts down cleanly; else its own session: the head and what it started
+    localservice.terminate(info.pid, _MODULE, timeout=timeout, group=True)
     with contextlib.suppress(FileNotFoundError):
         (state_dir(project_root) / "head.json").unlink()
     return info
@@ -206,35 +193,12 @@ def _start(folder: Path, project: Path, *, num_cpus: int, idle_timeout: float) -
 
 
 def _is_head(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"qsdk.execution.executors.rayhead" in cmdline and b"serve" in cmdline
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _is_head(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
+    return localservice.runs(pid, _MODULE)
 
 
 def _touch(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
-
-
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    with open(folder / "lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------------------ the head process
