@@ -50,6 +50,21 @@ def store(tmp_path, monkeypatch) -> str:
     return uri
 
 
+@pytest.fixture
+def own_agents(monkeypatch):
+    """Tracking agents of this test only (tests/integration/test_tracking_agent.py): their folders
+    under a temp dir of its own (short: a Unix socket's path has 107 bytes), stopped afterwards."""
+    from qsdk.integrations import tracking_agent
+
+    short = tempfile.mkdtemp(prefix="qa-", dir="/tmp")
+    monkeypatch.setenv("TMPDIR", short)  # the agents' folders, also for the test's subprocesses
+    monkeypatch.setattr(tempfile, "tempdir", short)
+    yield
+    for info in tracking_agent.running():
+        tracking_agent.stop(info.key)
+    shutil.rmtree(short, ignore_errors=True)
+
+
 def write_notebook(path: Path, parameters: str, *cells: str) -> Path:
     nb = new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

@@ -18,10 +18,10 @@ tracker creates. So by default the process outlives the run:
 
 An agent serves only runs that would have started it the same way: the folder's ``key`` hashes
 the Python executable, qsdk's source files (their paths, sizes and modification times) and the
-environment (credentials and settings MLflow and object stores read) except the variables that
-differ between commands without changing what tracking does (:data:`_VOLATILE`, ``QSDK_*``,
-``MLFLOW_TRACKING_URI``: each run names its store). A run from another environment, or after
-qsdk's code changed, starts its own agent; the old one stops when idle.
+part of the environment tracking reads (:data:`_SHARED`, :data:`_SHARED_PREFIXES`: MLflow's
+settings, object stores' credentials, proxies, certificates, ``HOME``, ``PATH``). A run from
+another environment, or after qsdk's code changed, starts its own agent; the old one stops when
+idle. An agent that ends leaves no folder behind unless its log says something.
 
 After a run's last call (its ``after_flow``) the session replies ``done`` (the run returns), then
 renders and logs the executed notebooks' HTML, replies ``rendered`` and ends.
@@ -60,10 +60,16 @@ IDLE_TIMEOUT = 900.0  # seconds without a run before an agent stops itself
 START_TIMEOUT = 60.0  # how long a run waits for a new agent's socket (it listens before importing)
 _MODULE = "qsdk.integrations.tracking_agent"
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this qsdk package
-# Variables that differ between commands (or a test's runs) without changing what tracking does.
-_VOLATILE = frozenset({"PWD", "OLDPWD", "SHLVL", "_", "COLUMNS", "LINES", "MLFLOW_TRACKING_URI",
-                       "PYTEST_CURRENT_TEST", "PYTEST_VERSION", "JPY_PARENT_PID", "JPY_SESSION_NAME"})
-_VOLATILE_PREFIXES = ("QSDK_", "TERM", "SSH_", "RAY_")
+# The environment an agent shares with the runs it serves: what MLflow, its artifact stores and
+# their clients read (settings, credentials, proxies, certificates, files under $HOME), and what
+# the agent runs (PATH for git, PYTHONPATH). Not the rest: a variable set per command (dvc
+# repro's DVC_STAGE, make's MAKEFLAGS) would start an agent per command. Each run names its
+# store, so MLFLOW_TRACKING_URI is left out.
+_SHARED_PREFIXES = ("MLFLOW_", "AWS_", "AZURE_", "GOOGLE_", "GCS_", "GCE_", "DATABRICKS_", "HADOOP_",
+                    "KRB5", "HF_", "SSL_", "REQUESTS_", "CURL_", "GIT_")
+_SHARED = frozenset({"HOME", "USER", "PATH", "PYTHONPATH", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+                     "http_proxy", "https_proxy", "no_proxy", "all_proxy", "TZ", "LANG", "LC_ALL"})
+_PER_RUN = frozenset({"MLFLOW_TRACKING_URI"})
 
 
 # ------------------------------------------------------------------ driver side (no MLflow import)
@@ -85,7 +91,7 @@ def key(env: dict[str, str] | None = None) -> str:
     env = dict(os.environ if env is None else env)
     digest = hashlib.sha256(sys.executable.encode())
     for name in sorted(env):
-        if name not in _VOLATILE and not name.startswith(_VOLATILE_PREFIXES):
+        if (name in _SHARED or name.startswith(_SHARED_PREFIXES)) and name not in _PER_RUN:
             digest.update(f"\0{name}={env[name]}".encode())
     package = _SOURCE_ROOT / "qsdk"
     for path in sorted(package.rglob("*.py")):
@@ -319,18 +325,19 @@ class _Agent:
         tmp.write_text(json.dumps(info.to_dict()))
         os.replace(tmp, self.folder / "agent.json")
         threading.Thread(target=_preload, name="qsdk-tracker-preload", daemon=True).start()
-        while not self._idle() and _still_ours(path, identity):
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with self.guard:
-                self.active += 1
-            threading.Thread(target=self._session, args=(conn,), name="qsdk-tracker-run", daemon=True).start()
-        server.close()
-        if _still_ours(path, identity):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        try:
+            while not self._idle() and _still_ours(path, identity):
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                with self.guard:
+                    self.active += 1
+                threading.Thread(target=self._session, args=(conn,), name="qsdk-tracker-run", daemon=True).start()
+        finally:  # idle, or stopped (SIGTERM)
+            server.close()
+            if _still_ours(path, identity):
+                _remove(self.folder)
 
     def _idle(self) -> bool:
         with self.guard:
@@ -348,6 +355,18 @@ class _Agent:
             with self.guard:
                 self.active -= 1
                 self.last = time.monotonic()
+
+
+def _remove(folder: Path) -> None:
+    """An ending agent's folder, unless its log has something to say (kept for the user)."""
+    log = folder / "agent.log"
+    keep = log.exists() and log.stat().st_size > 0
+    for name in ("agent.sock", "agent.json", *(() if keep else ("agent.log", "lock"))):
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+    if not keep:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _still_ours(path: Path, identity: int) -> bool:

@@ -29,17 +29,6 @@ from tests.integration.test_tracking import NOTEBOOK
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def own_agents(monkeypatch, tmp_path):
-    """Agents of this test only: a variable of its own in the environment keys them apart from
-    the session's agent; stopped afterwards."""
-    monkeypatch.setenv("TEST_TRACKING_AGENT", tmp_path.name)
-    yield
-    for info in tracking_agent.running():
-        if info.key == tracking_agent.key():
-            tracking_agent.stop(info.key)
-
-
 def _project(root: Path, *cells: str) -> Path:
     (root / "pipelines").mkdir(parents=True)
     (root / "pipelines" / "tracking.yaml").write_text(
@@ -169,6 +158,8 @@ def test_an_agent_serves_only_its_environment_and_code(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere.db")  # each run names its store
     monkeypatch.setenv("QSDK_LAKEHOUSE", str(tmp_path))
     monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.setenv("DVC_STAGE", "clean_prices")  # set per command by `dvc repro`
+    monkeypatch.setenv("MAKEFLAGS", "-j2")
     assert tracking_agent.key() == base
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "another")  # credentials MLflow's artifact store reads
     assert tracking_agent.key() != base
@@ -176,6 +167,9 @@ def test_an_agent_serves_only_its_environment_and_code(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "another")
     assert tracking_agent.key() != base
     monkeypatch.delenv("MLFLOW_TRACKING_TOKEN")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert tracking_agent.key() != base
+    monkeypatch.delenv("HTTPS_PROXY")
     # qsdk's code changed (a copy of the package, one file touched): another key
     shutil.copytree(REPO / "qsdk", tmp_path / "src" / "qsdk", ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(tracking_agent, "_SOURCE_ROOT", tmp_path / "src")

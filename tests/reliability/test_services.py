@@ -5,6 +5,7 @@ listening sockets of every process this test started: the kernel (local executor
 raylet, agents, workers and their kernels (Ray executor: embedded, and the project's long-lived
 head, which is also inspected after the run left it), and the MLflow UI started with
 ``make mlflow-ui``'s own command line. No socket may listen on 0.0.0.0, :: or a public address.
+The tracking agent listens on no network socket at all, only on a Unix socket only its user reaches.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import psutil
 import pytest
@@ -144,6 +146,38 @@ def test_a_long_lived_ray_head_and_its_kernels_listen_on_loopback_only(sdk, rend
     assert_private(sockets)
     assert {"gcs_server", "raylet"} <= {name for _, name in after}, after
     assert_private(after)
+
+
+def test_the_tracking_agent_listens_on_no_network_socket_and_only_its_user_reaches_it(
+        sdk, rendezvous, store, own_agents):
+    """The agent takes pickles: its Unix socket sits in a folder (and a parent) only its user can
+    enter, and it opens no TCP or UDP server socket, during a run or after it."""
+    from qsdk.integrations import tracking_agent
+
+    results = []
+    runner = threading.Thread(target=lambda: results.append(sdk.run_pipeline(
+        "f", params={"port": str(rendezvous.port)}, executor="local", cache=False)))
+    runner.start()
+    try:
+        conn, _ = rendezvous.wait(timeout=300)
+        agent = tracking_agent.status()
+        assert agent is not None  # the run reached (started) an agent
+        during = listening(psutil.Process(agent.pid))
+        rendezvous.release(conn)
+    finally:
+        runner.join(timeout=300)
+    try:
+        assert results[0].status == "succeeded" and results[0].extra.get("mlflow_run_id")
+        after = listening(psutil.Process(agent.pid))
+        folder = Path(agent.socket).parent
+        unix = {c.laddr for c in psutil.Process(agent.pid).net_connections(kind="unix")}
+    finally:
+        tracking_agent.stop(agent.key)
+    assert during == {} and after == {}, (during, after)
+    assert agent.socket in unix
+    for path in (folder, folder.parent):
+        mode = path.stat().st_mode & 0o777
+        assert mode == 0o700 and path.stat().st_uid == os.getuid(), (path, oct(mode))
 
 
 def test_mlflow_ui_of_make_mlflow_ui_listens_on_loopback_only(tmp_path):
