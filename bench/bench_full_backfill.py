@@ -150,9 +150,13 @@ def _ours(proc: Any, marker: str, known: dict[tuple[int, float], bool]) -> bool:
     return known[key]
 
 
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # started by the raylet, named like workers
+
+
 def _kind(proc: Any) -> str:
-    """What a process of the run is, for the CPU breakdown: kernel, zygote, Ray worker, Ray's
-    own processes, the driver (the run's child) and the rest."""
+    """What a process of the run is, for the CPU breakdown: kernel, zygote, Ray worker (the
+    processes that run tasks), Ray's own processes (GCS, raylet, monitors, and its agents, which
+    Ray also names ``ray::...``), the driver (the run's child) and the rest."""
     name, cmd = proc.name(), " ".join(proc.cmdline())
     if name == "qsdk-kernel" or "ipykernel_launcher" in cmd:
         return "kernels"
@@ -160,6 +164,8 @@ def _kind(proc: Any) -> str:
         return "zygotes"
     if "--child" in cmd:  # first: the driver's own command line names its executor ("flow:ray")
         return "driver"
+    if any(agent in cmd or agent in name for agent in RAY_AGENTS):
+        return "ray services"
     if "default_worker.py" in cmd or "ray::" in cmd or name.startswith("ray::"):
         return "ray workers"
     if "ray" in cmd:

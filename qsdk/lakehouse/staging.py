@@ -132,7 +132,21 @@ def commit_staged(staging_dir: str | Path, lakehouse: Lakehouse, *, app_prefix: 
     except QsdkError as exc:
         _compensate(lakehouse, folder, done, metadata=metadata, cause=exc)
         raise
+    finally:
+        release_arrow_memory()
     return written
+
+
+def release_arrow_memory() -> None:
+    """Hand the memory pyarrow's allocator holds for reuse back to the system.
+
+    A commit converts and encodes the staged rows through pyarrow's default pool (mimalloc),
+    which keeps freed pages for later allocations. The process that commits lives on: a Ray
+    worker commits every task it runs, so without this it holds the largest commit's buffers
+    (measured: 90 to 180 MiB per worker after a 1.25M-row commit of the backfill) until the
+    allocator happens to purge them. Costs microseconds.
+    """
+    pa.default_memory_pool().release_unused()
 
 
 def _compensate(lakehouse: Lakehouse, folder: Path, done: list[tuple[StagedWrite, int]], *,

@@ -147,6 +147,45 @@ def test_failing_partition_is_not_retried_and_reports_its_cell(ray_session, proj
     assert len(_rows(sdk, "bronze.k", ["date"])) == 12  # the good partition committed, the bad one did not
 
 
+BIG = """import numpy as np, pandas as pd, qsdk
+days = pd.date_range(start, end, freq="D")
+rng = np.random.default_rng(0)
+n = len(days) * rows_per_day
+df = pd.DataFrame({"date": np.repeat(days, rows_per_day), "k": np.tile(np.arange(rows_per_day), len(days)),
+                   **{f"x{i}": rng.standard_normal(n) for i in range(8)}})
+qsdk.write_table("bronze.big", df, mode="overwrite", predicate=qsdk.between("date", start, end))"""
+
+
+def _private_mib(pids: set[int]) -> float:
+    """The summed unique set sizes of ``pids``: memory no other process shares."""
+    return sum(psutil.Process(pid).memory_full_info().uss for pid in pids) / 2**20
+
+
+def test_a_worker_gives_back_what_a_large_commit_used(ray_session, project):
+    """A Ray worker commits every task it runs (qsdk.lakehouse.staging.commit_staged): after a
+    commit of about 80 MB a partition, its private memory is back near what it was after a
+    tiny commit of the same table, not held by pyarrow's allocator for good (which it was:
+    about 100 MiB a worker)."""
+    cols = {"date": "date", "k": "int64", **{f"x{i}": "float64" for i in range(8)}}
+    sdk = (project.table("bronze.big", cols)
+           .stage("big", YEARS + "\nrows_per_day: int = 1", BIG, outputs=["bronze.big"], partition={"by": "year"})
+           .flow("f", ["big"]).sdk())
+
+    def run(rows: int) -> set[int]:
+        result = sdk.run_pipeline("f", params={"rows_per_day": rows}, executor=RayExecutor(), track=False,
+                                  cache=False)
+        assert [r.status for r in result.results] == ["succeeded", "succeeded"]
+        return {r.extra["worker_pid"] for r in result.results}
+
+    warm = run(1) | run(1)  # what every worker pays once: imports, Delta's runtime, a first commit
+    before = _private_mib(warm)
+    used = run(3000)  # 1.1M rows of 10 columns a partition
+    assert used <= warm, "the large commits ran on workers the warm-up did not use"
+    assert len(sdk.lakehouse.read("bronze.big").to_pandas()) == 2 * 366 * 3000 - 3000  # 2020 has 366 days
+    growth = _private_mib(warm) - before
+    assert growth < 50 * len(used), f"the workers kept {growth:.0f} MiB after committing"
+
+
 def test_resources_and_timeouts(ray_session, project):
     sleep = "import time; time.sleep({})"
     sdk = (project
