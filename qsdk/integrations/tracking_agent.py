@@ -21,7 +21,7 @@ the Python executable, qsdk's source files (their paths, sizes and modification 
 part of the environment tracking reads (:data:`_SHARED`, :data:`_SHARED_PREFIXES`: MLflow's
 settings, object stores' credentials, proxies, certificates, ``HOME``, ``PATH``). A run from
 another environment, or after qsdk's code changed, starts its own agent; the old one stops when
-idle. An agent that ends leaves no folder behind unless its log says something.
+idle. An agent that ends leaves no folder behind unless its log reports an error.
 
 After a run's last call (its ``after_flow``) the session replies ``done`` (the run returns), then
 renders and logs the executed notebooks' HTML, replies ``rendered`` and ends.
@@ -358,9 +358,13 @@ class _Agent:
 
 
 def _remove(folder: Path) -> None:
-    """An ending agent's folder, unless its log has something to say (kept for the user)."""
-    log = folder / "agent.log"
-    keep = log.exists() and log.stat().st_size > 0
+    """An ending agent's folder, unless its log reports an error (kept for the user; MLflow's
+    INFO lines, such as creating a store's tables, are not worth a folder)."""
+    try:
+        text = (folder / "agent.log").read_text(errors="replace")
+    except OSError:
+        text = ""
+    keep = "Traceback" in text or "ERROR" in text
     for name in ("agent.sock", "agent.json", *(() if keep else ("agent.log", "lock"))):
         with contextlib.suppress(FileNotFoundError):
             (folder / name).unlink()

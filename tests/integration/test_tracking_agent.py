@@ -191,7 +191,7 @@ def test_an_idle_agent_stops_itself_and_the_cli_shows_and_stops_agents(tmp_path,
     while tracking_agent.status() is not None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert tracking_agent.status() is None, "an idle agent did not stop itself"
-    assert not Path(info.socket).exists()
+    assert not Path(info.socket).parent.exists()  # an agent that ends leaves no folder (its log had no error)
 
     monkeypatch.setenv("QSDK_TRACKER_IDLE_TIMEOUT", "600")
     sdk.run_pipeline("metrics", params={"steps": 1}, executor="local", cache=False)

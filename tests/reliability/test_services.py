@@ -171,13 +171,12 @@ def test_the_tracking_agent_listens_on_no_network_socket_and_only_its_user_reach
         after = listening(psutil.Process(agent.pid))
         folder = Path(agent.socket).parent
         unix = {c.laddr for c in psutil.Process(agent.pid).net_connections(kind="unix")}
+        modes = {path: (path.stat().st_mode & 0o777, path.stat().st_uid) for path in (folder, folder.parent)}
     finally:
-        tracking_agent.stop(agent.key)
+        tracking_agent.stop(agent.key)  # (an agent that ends removes its folder)
     assert during == {} and after == {}, (during, after)
     assert agent.socket in unix
-    for path in (folder, folder.parent):
-        mode = path.stat().st_mode & 0o777
-        assert mode == 0o700 and path.stat().st_uid == os.getuid(), (path, oct(mode))
+    assert modes == {folder: (0o700, os.getuid()), folder.parent: (0o700, os.getuid())}, modes
 
 
 def test_mlflow_ui_of_make_mlflow_ui_listens_on_loopback_only(tmp_path):
