@@ -1,6 +1,7 @@
-"""What the long-lived local processes (the project's Ray head, the tracking agent) share: a
-folder lock so two commands start one process, an idle timeout read from the environment, and
-whether a pid is still that process (a pid can be reused once it has died)."""
+"""What the processes qsdk starts beside a run (the project's Ray head, Ray's workers, the tracking
+agent and helper) share: the import path that makes them import this qsdk, a folder lock so two
+commands start one long-lived process, an idle timeout read from the environment, and whether a
+pid is still that process (a pid can be reused once it has died)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from qsdk.errors import ConfigError
+
+SOURCE_ROOT = str(Path(__file__).resolve().parents[1])  # the folder holding this qsdk package
+
+
+def pythonpath() -> str:
+    """``$PYTHONPATH`` for a process qsdk starts: this qsdk, from this source tree, first."""
+    current = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([SOURCE_ROOT, current] if current else [SOURCE_ROOT])
 
 
 def seconds_from_env(variable: str, default: float) -> float:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from qsdk import localservice
 from qsdk.execution import tracking_ref
 from qsdk.execution.hooks import Hook
 from qsdk.integrations import tracking_agent
@@ -50,7 +51,7 @@ class BackgroundTracking(Hook):
     """Run ``inner`` (a picklable hook) in a tracking process; see the module docstring."""
 
     def __init__(self, inner: Hook) -> None:
-        tracking_agent.mode()  # a bad $QSDK_TRACKER fails before the run, not at its first task
+        self.mode = tracking_agent.mode()  # a bad $QSDK_TRACKER fails before the run, not at its first task
         self.inner = inner
         self._link: _Link | None = None
         self._held: list[_Call] = []  # calls made before the tracking process was needed
@@ -102,7 +103,7 @@ class BackgroundTracking(Hook):
     # -------------------------------------------------------------- the tracking process
     def _start(self) -> None:
         link = None
-        if tracking_agent.mode() == "agent":
+        if self.mode == "agent":
             try:
                 link = _Link.to_agent(tracking_agent.connect(), on_end=self._release)
             except OSError as exc:
@@ -156,15 +157,13 @@ class _Link:
             except OSError:
                 pass
 
-        log = tracking_agent.state_dir() / "agent.log"
+        log = Path(sock.getpeername()).parent / "agent.log"  # the agent's folder (its key is not recomputed)
         return cls(send, sock.makefile("rb"), close_send=close_send, reap=sock.close, on_end=on_end,
                    name="the tracking agent", where_errors=f"its log: {log}")
 
     @classmethod
     def to_helper(cls, *, on_end: Callable[[], None]) -> _Link:
-        env = dict(os.environ)
-        source = str(Path(tracking_agent.__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": localservice.pythonpath()}
         proc = subprocess.Popen([sys.executable, "-m", "qsdk.integrations.tracking_agent"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         assert proc.stdin is not None and proc.stdout is not None

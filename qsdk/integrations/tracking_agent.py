@@ -59,7 +59,7 @@ ENV_IDLE_TIMEOUT = "QSDK_TRACKER_IDLE_TIMEOUT"
 IDLE_TIMEOUT = 900.0  # seconds without a run before an agent stops itself
 START_TIMEOUT = 60.0  # how long a run waits for a new agent's socket (it listens before importing)
 _MODULE = "qsdk.integrations.tracking_agent"
-_SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this qsdk package
+_SOURCE_ROOT = Path(localservice.SOURCE_ROOT)  # its qsdk/ files are part of an agent's key
 # The environment an agent shares with the runs it serves: what MLflow, its artifact stores and
 # their clients read (settings, credentials, proxies, certificates, files under $HOME), and what
 # the agent runs (PATH for git, PYTHONPATH). Not the rest: a variable set per command (dvc
@@ -184,7 +184,7 @@ def _dial(path: Path) -> socket.socket:
 
 def _start(folder: Path, *, idle_timeout: float) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_SOURCE_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = localservice.pythonpath()
     with open(folder / "agent.log", "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", _MODULE, "serve", "--state", str(folder),

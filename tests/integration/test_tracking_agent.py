@@ -24,7 +24,7 @@ from qsdk import cli
 from qsdk.errors import ConfigError
 from qsdk.integrations import tracker, tracking_agent
 from qsdk.sdk import QuantSDK
-from tests.integration.test_tracking import NOTEBOOK
+from tests.integration.test_tracking import NOTEBOOK, _artifacts_eventually
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,9 +40,10 @@ def _sdk(tmp_path: Path) -> QuantSDK:
     return QuantSDK(_project(tmp_path / "project"), lakehouse_root=tmp_path / "lake", runs_dir=tmp_path / "runs")
 
 
-def _complete(store: str, mlflow_run_id: str, *, steps: int) -> None:
+def _complete(store: str, mlflow_run_id: str, *, steps: int, rendered_here: bool = True) -> None:
     """The run's record: flow run finished with its params, the stage run with the notebook's
-    metrics and the executed notebook, and (once rendered) its HTML."""
+    metrics and the executed notebook, and (once rendered) its HTML. ``rendered_here``: the run
+    was this process's, so :func:`tracker.wait_rendered` waits for its renderings; else poll."""
     client = MlflowClient(store)
     parent = client.get_run(mlflow_run_id)
     assert parent.info.status == "FINISHED" and parent.data.params["metrics.steps"] == str(steps)
@@ -50,9 +51,10 @@ def _complete(store: str, mlflow_run_id: str, *, steps: int) -> None:
     (stage,) = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{mlflow_run_id}'")
     assert stage.info.status == "FINISHED"
     assert len(client.get_metric_history(stage.info.run_id, "loss")) == steps
-    assert tracker.wait_rendered(timeout=300)
-    assert {Path(a.path).name for a in client.list_artifacts(stage.info.run_id, "notebook")} == {
-        "metrics.ipynb", "metrics.html"}
+    if rendered_here:
+        assert tracker.wait_rendered(timeout=300)
+    expected = {"metrics.ipynb", "metrics.html"}
+    assert _artifacts_eventually(client, stage.info.run_id, "notebook", expected) == expected
 
 
 def test_runs_share_one_agent_that_records_each_run_completely(tmp_path, store, own_agents):
@@ -229,20 +231,4 @@ def test_two_commands_at_once_share_the_agent_and_lose_nothing(tmp_path, store, 
     assert not any(r["mlflow_imported"] for r in reports)  # the commands never import MLflow
     assert len(tracking_agent.running()) >= 1 and tracking_agent.status() is not None
     for i, report in enumerate(reports):
-        _complete_eventually(store, report["run"], steps=i + 1)
-
-
-def _complete_eventually(store: str, run_id: str, *, steps: int) -> None:
-    """:func:`_complete` for a run of another process (whose renderings this one cannot wait for)."""
-    client = MlflowClient(store)
-    parent = client.get_run(run_id)
-    (stage,) = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
-    assert len(client.get_metric_history(stage.info.run_id, "loss")) == steps
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if {Path(a.path).name for a in client.list_artifacts(stage.info.run_id, "notebook")} == {
-                "metrics.ipynb", "metrics.html"}:
-            return
-        time.sleep(0.5)
-    raise AssertionError("the HTML rendering never arrived")
+        _complete(store, report["run"], steps=i + 1, rendered_here=False)  # another process's renderings

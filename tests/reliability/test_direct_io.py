@@ -64,6 +64,15 @@ def _reader_sdk(project: Project, lakehouse_root: str | Path | None = None):
     return sdk
 
 
+def _failed_read(sdk, attack: str):
+    """Run the reader stage with ``attack``: its one failure, a direct read the guard caught."""
+    result = sdk.run_pipeline("f", params={"attack": attack}, executor="local", track=False, cache=False,
+                              raise_on_failure=False)
+    (failed,) = result.failures
+    assert failed.error.reason == "direct_read" and failed.error.ename == "DirectLakehouseRead", failed.error
+    return failed
+
+
 @pytest.fixture(scope="module")
 def sdk(tmp_path_factory):
     return _reader_sdk(Project(tmp_path_factory.mktemp("direct") / "proj"))
@@ -73,11 +82,8 @@ def sdk(tmp_path_factory):
 def test_direct_reads_of_lakehouse_files_fail_the_stage(sdk, case):
     attack, opened, table = READS[case]
     before = state(sdk.lakehouse, "silver.out")
-    result = sdk.run_pipeline("f", params={"attack": attack}, executor="local", track=False, cache=False,
-                              raise_on_failure=False)
-    (failed,) = result.failures
+    failed = _failed_read(sdk, attack)
     err = failed.error
-    assert err.reason == "direct_read" and err.ename == "DirectLakehouseRead", err
     lake = sdk.lakehouse.root
     assert err.evalue.splitlines() == [str(lake / opened)]
     assert f"read {lake / opened} directly" in str(err)
@@ -103,11 +109,7 @@ def test_direct_reads_of_an_object_store_lakehouse_fail_the_stage(project, s3_ro
     sdk = _reader_sdk(project, s3_root)
     assert sdk.run_pipeline("f", executor="local", track=False, cache=False).status == "succeeded"  # qsdk's reads pass
     before = state(sdk.lakehouse, "silver.out")
-    result = sdk.run_pipeline("f", params={"attack": attack}, executor="local", track=False, cache=False,
-                              raise_on_failure=False)
-    (failed,) = result.failures
-    err = failed.error
-    assert err.reason == "direct_read" and err.ename == "DirectLakehouseRead", err
+    err = _failed_read(sdk, attack).error
     assert err.evalue.splitlines() == [f"{s3_root}/{opened}"]
     assert f"read it with qsdk.DataLoader().read({table!r})" in str(err)
     assert state(sdk.lakehouse, "silver.out") == before  # its staged write: not committed

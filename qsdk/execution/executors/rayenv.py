@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from qsdk import storage
+from qsdk.localservice import SOURCE_ROOT, pythonpath
 
 # Ray's single-machine mode (the default on macOS and Windows): node address 127.0.0.1 stays
 # 127.0.0.1 and every server binds to it. On Linux Ray otherwise advertises the machine's
 # address and binds its gRPC servers on all interfaces.
 _ENV_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-SOURCE_ROOT = str(Path(__file__).resolve().parents[3])  # the folder holding this qsdk package
 OBJECT_STORE_BYTES = 256 * 2**20  # results are small; table data goes through Delta, not Ray
 # What a worker of a cluster needs from the driver's environment: the object store's variables
 # (qsdk.storage) and an MLflow server's credentials. Shipped in the job's runtime_env, which
@@ -32,12 +32,6 @@ CODE_EXCLUDES = ["/runs/", "/mlruns/", "/mlartifacts/", "/mlflow.db", "/.mlflow-
                  "/.dvc/cache/", "/.dvc/tmp/", "_delta_log/", "/lakehouse*/**/*.parquet",
                  "/lakehouse*/_qsdk_*/", "/lakehouse*/_sandbox/", ".pytest_cache/", ".mypy_cache/",
                  ".ruff_cache/", "*.egg-info/"]
-
-
-def pythonpath() -> str:
-    """Workers import this qsdk, from this source tree, whatever else is installed."""
-    current = os.environ.get("PYTHONPATH")
-    return os.pathsep.join([SOURCE_ROOT, current] if current else [SOURCE_ROOT])
 
 
 def cluster_runtime_env(*, project_root: str | Path | None, env: Mapping[str, str],

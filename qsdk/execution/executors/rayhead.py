@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from qsdk import localservice
 from qsdk.errors import ConfigError
-from qsdk.execution.executors.rayenv import OBJECT_STORE_BYTES, embedded_environment, pythonpath
+from qsdk.execution.executors.rayenv import OBJECT_STORE_BYTES, embedded_environment
 
 IDLE_TIMEOUT = 900.0  # seconds without an attached run before the head stops itself
 ENV_IDLE_TIMEOUT = "QSDK_RAY_IDLE_TIMEOUT"
@@ -165,7 +165,7 @@ def take_lease(project_root: str | Path) -> contextlib.ExitStack:
 
 def _start(folder: Path, project: Path, *, num_cpus: int, idle_timeout: float) -> HeadInfo:
     env = dict(os.environ)
-    env["PYTHONPATH"] = pythonpath()
+    env["PYTHONPATH"] = localservice.pythonpath()
     env.pop("RAY_ADDRESS", None)
     _touch(folder / "last_used")
     with open(folder / "head.log", "ab") as log:
