@@ -97,6 +97,18 @@ class Project:
         self.doc["flows"][name] = {"stages": stages, **spec}
         return self
 
+    def a_then_b(self) -> Project:
+        """Flow ``f``: stage ``a`` writes ``bronze.a``, stage ``b`` copies it into ``silver.b``
+        (one task each, the second after the first)."""
+        cols = {"date": "date", "v": "float64"}
+        return (self.table("bronze.a", cols).table("silver.b", cols)
+                .stage("a", "x: int = 1", "import pandas as pd, qsdk\nqsdk.write_table('bronze.a', "
+                       "pd.DataFrame({'date': pd.to_datetime(['2020-01-01']), 'v': [float(x)]}), mode='overwrite')",
+                       outputs=["bronze.a"])
+                .stage("b", "x: int = 1", "import qsdk\nqsdk.write_table('silver.b', "
+                       "qsdk.DataLoader().read('bronze.a'), mode='overwrite')", inputs=["bronze.a"], outputs=["silver.b"])
+                .flow("f", ["a", "b"]))
+
     def save(self) -> Project:
         doc = {k: v for k, v in self.doc.items() if v}
         (self.root / "pipelines" / "registry.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -49,7 +49,7 @@ pytestmark = pytest.mark.cluster
 
 VENV = Path(sys.executable).parent.parent  # the project's venv: <checkout>/.venv
 RAY = str(Path(sys.executable).with_name("ray"))
-PARAMS = {"source": "synthetic", "n_symbols": 6, "start": "2010-01-01", "end": "2011-12-31"}
+PARAMS = {"source": "synthetic", "n_symbols": 6, "start": "2009-01-01", "end": "2010-12-31"}  # two 5-year blocks
 ONLY = ["ingest_prices", "clean_prices"]
 TABLES = {"bronze.prices_raw": ["symbol", "date"], "silver.prices": ["symbol", "date"],
           "silver.corporate_actions": ["symbol", "date", "action"]}

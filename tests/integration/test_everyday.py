@@ -105,8 +105,8 @@ def test_show_draws_every_stage_and_table_of_the_backfill(tmp_path, monkeypatch,
     svg = svg_path.read_text()
     assert _states(svg) == {s: "never" for s in flow.stage_names}
     assert set(re.findall(r'data-node="([^"]+)" data-kind="table"', svg)) == tables
-    assert 'data-node="clean_prices" data-kind="stage" data-state="never" data-partitions="14"' in svg
-    assert "clean_prices ×14" in svg  # partitions collapsed into the stage's node, with their count
+    assert 'data-node="clean_prices" data-kind="stage" data-state="never" data-partitions="3"' in svg
+    assert "clean_prices ×3" in svg  # 2000-2013 in three 5-year blocks, collapsed into the node
     assert cli.main(["--project", str(REPO), "show", "backfill", "--format", "png", "-o", str(png_path)]) == 0
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 20_000
     capsys.readouterr()

@@ -46,14 +46,7 @@ def test_the_last_task_starts_no_spare_kernel(project, monkeypatch):
         return await real_start(self, *args, **kwargs)
 
     monkeypatch.setattr(kernels._PooledKernelManager, "start_kernel", counted)
-    cols = {"date": "date", "v": "float64"}
-    sdk = (project.table("bronze.a", cols).table("silver.b", cols)
-           .stage("a", "x: int = 1", "import pandas as pd, qsdk\nqsdk.write_table('bronze.a', "
-                  "pd.DataFrame({'date': pd.to_datetime(['2020-01-01']), 'v': [float(x)]}), mode='overwrite')",
-                  outputs=["bronze.a"])
-           .stage("b", "x: int = 1", "import qsdk\nqsdk.write_table('silver.b', qsdk.DataLoader().read('bronze.a'), "
-                  "mode='overwrite')", inputs=["bronze.a"], outputs=["silver.b"])
-           .flow("f", ["a", "b"])).sdk()
+    sdk = project.a_then_b().sdk()
     ex = _Recording()
     result = sdk.run_pipeline("f", executor=ex, track=False, cache=False)
     assert result.status == "succeeded"

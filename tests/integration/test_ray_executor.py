@@ -64,7 +64,7 @@ def test_import_qsdk_does_not_import_ray():
 def test_backfill_on_ray_equals_local_and_runs_partitions_in_parallel(ray_session, tmp_path):
     from qsdk.sdk import QuantSDK
 
-    params = {"start": "2005-01-01", "end": "2007-12-31"}
+    params = {"start": "2009-01-01", "end": "2010-12-31"}  # two 5-year blocks: 2009 and 2010
     stages = ["ingest_prices", "clean_prices"]
     sdks = {ex: QuantSDK(REPO, lakehouse_root=tmp_path / ex / "lake", runs_dir=tmp_path / ex / "runs")
             for ex in ("ray", "local")}
@@ -75,7 +75,7 @@ def test_backfill_on_ray_equals_local_and_runs_partitions_in_parallel(ray_sessio
     assert ray.is_initialized()  # an executor that found Ray running leaves it running
 
     results = [r for r in on_ray.results if r.stage == "clean_prices"]
-    assert len(results) == 3 and all(r.status == "succeeded" for r in results)
+    assert len(results) == 2 and all(r.status == "succeeded" for r in results)
     assert len({r.extra["worker_pid"] for r in on_ray.results}) == 2  # both CPUs' workers were used
     assert all(r.extra["forks"] == 0 for r in on_ray.results)  # nothing forked after deltalake loaded
     for table, key in [("bronze.prices_raw", ["symbol", "date"]), ("silver.prices", ["symbol", "date"]),
@@ -273,3 +273,32 @@ def test_flow_on_a_two_node_cluster_runs_partitions_on_both_nodes(project):
     assert len(partitions) == 2  # one partition per node: each node has one CPU
     assert nodes["pinned"] in partitions  # the node with the custom resource is one of the two
     assert len(_rows(sdk, "bronze.k", ["date"])) == 24
+
+
+def _kernels_of(worker_pid: int) -> list[psutil.Process]:
+    """The live kernels a Ray worker's pool holds (forked kernels are named ``qsdk-kernel``)."""
+    out = []
+    for proc in psutil.Process(worker_pid).children(recursive=True):
+        try:
+            if proc.name() == "qsdk-kernel" and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def test_a_worker_starts_a_spare_kernel_only_while_tasks_may_follow(ray_session, project):
+    """Each task takes its worker's pre-started kernel; it starts the next one only if a task may
+    still come. After a flow's last task its worker holds no kernel: Ray ends a job's workers
+    with its driver, so that spare would be a kernel's start and memory for nothing."""
+    sdk = project.a_then_b().sdk()
+    for _ in range(2):  # the second time on workers whose pools already exist
+        result = sdk.run_pipeline("f", executor=RayExecutor(), track=False, cache=False)
+        assert [r.status for r in result.results] == ["succeeded", "succeeded"]
+        first, last = (r.extra["worker_pid"] for r in result.results)
+        deadline = time.monotonic() + 30  # a used kernel is shut down in the background
+        while _kernels_of(last) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _kernels_of(last) == [], "the flow's last task left a spare kernel on its worker"
+        if first != last:  # positive control: the first task (one more to come) did start one
+            assert len(_kernels_of(first)) == 1

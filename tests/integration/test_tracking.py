@@ -219,8 +219,8 @@ def _git_head() -> str | None:
 def test_backfill_via_cli_is_tracked_and_lineage_names_the_run(tmp_path, store, monkeypatch, capsys):
     monkeypatch.setenv("QSDK_LAKEHOUSE", str(tmp_path / "lake"))
     monkeypatch.setenv("QSDK_RUNS", str(tmp_path / "runs"))
-    code = cli.main(["--project", str(REPO), "run", "backfill", "-p", "start=2005-11-01",
-                     "-p", "end=2006-02-28", "--only", "ingest_prices", "--only", "clean_prices", "--executor", "local", "--json"])
+    code = cli.main(["--project", str(REPO), "run", "backfill", "-p", "start=2009-11-01",
+                     "-p", "end=2010-02-28", "--only", "ingest_prices", "--only", "clean_prices", "--executor", "local", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     client = MlflowClient(store)
@@ -233,10 +233,10 @@ def test_backfill_via_cli_is_tracked_and_lineage_names_the_run(tmp_path, store, 
     stages = {r.data.tags["qsdk.stage"]: r for r in _runs(client, "backfill", **{"qsdk.kind": "stage"})}
     assert set(stages) == {"ingest_prices", "clean_prices"}
     partitions = _runs(client, "backfill", **{"qsdk.kind": "partition"})
-    assert len(partitions) == 4  # two years x two stages
+    assert len(partitions) == 4  # two 5-year blocks (2009, 2010) x two stages
     for name, stage in stages.items():
         assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert stage.data.params["start"] == "2005-11-01" and stage.data.params["end"] == "2006-02-28"
+        assert stage.data.params["start"] == "2009-11-01" and stage.data.params["end"] == "2010-02-28"
         children = [p for p in partitions if p.data.tags["mlflow.parentRunId"] == stage.info.run_id]
         assert len(children) == 2
         for child in children:

@@ -78,7 +78,10 @@ class RayExecutor(Executor):
     (:func:`.rayhead.target`). Without ``project_root`` there is no head to key: embedded.
 
     ``num_cpus``: CPUs of the embedded Ray (default: all of this machine's). ``prewarm``:
-    kernels each worker keeps started ahead of need (0: start one per task). ``oom_retries``:
+    kernels each worker keeps started ahead of need (0: start one per task); a task starts its
+    worker's next kernel only while more tasks may come than the spares already started or
+    starting (the scheduler's ``upcoming``): a worker's processes end with the driver's Ray job,
+    so a spare nobody takes is a kernel's start and memory for nothing. ``oom_retries``:
     bound on Ray's retries of tasks its memory monitor kills. ``wall_clock_grace``: seconds a
     notebook may run past its stage ``timeout`` before its kernel is killed.
     ``check_resources``: fail a task at once when no node has the resources it asks for
@@ -128,6 +131,8 @@ class RayExecutor(Executor):
         self._owns_session = False
         self._nodes: list[dict[str, float]] = []
         self._remote: Any = None
+        self._spares_lock = threading.Lock()
+        self._spares_coming = 0  # tasks running that start their worker's next kernel
 
     def init(self) -> None:
         if not ray.is_initialized():
@@ -206,16 +211,29 @@ class RayExecutor(Executor):
             out.set_result(_failed(task, problem, reason="resources", ename="InfeasibleResources"))
             return out
         key = _forward_tracking(task)
+        spare = self._take_spare(upcoming)
         ref = self._remote.options(**options).remote(task, prewarm=self.prewarm, grace=self.wall_clock_grace,
-                                                     shipped=self._shipped, tracking_key=key)
+                                                     shipped=self._shipped, tracking_key=key, spare=spare)
 
         def done(finished: Future[TaskResult]) -> None:
+            if spare:
+                with self._spares_lock:
+                    self._spares_coming -= 1
             if key is not None:
                 _kv_delete(key)
             out.set_result(detached.deliver(_result_of(finished, task)))
 
         ref.future().add_done_callback(done)
         return out
+
+    def _take_spare(self, upcoming: int | None) -> bool:
+        """Whether the task about to be submitted starts its worker's next kernel: yes unless at
+        most ``upcoming`` tasks may follow and the running tasks' spares already cover them."""
+        with self._spares_lock:
+            if upcoming is not None and upcoming <= self._spares_coming:
+                return False
+            self._spares_coming += 1
+            return True
 
     def finalize(self) -> None:
         if self._owns_session and ray.is_initialized():
@@ -271,7 +289,7 @@ os.register_at_fork(before=_count_fork)
 
 
 def _run_on_worker(task: Task, *, prewarm: int, grace: float, shipped: bool = False,
-                   tracking_key: str | None = None) -> TaskResult:
+                   tracking_key: str | None = None, spare: bool = True) -> TaskResult:
     """The Ray task: run ``task`` on a kernel of this worker's pool, detached from the driver's
     disk (with the project's code where Ray unpacked it: the worker's folder), note where it ran."""
     os.environ.setdefault(ENV_JEMALLOC_CONF, WORKER_JEMALLOC_CONF)  # before this worker loads deltalake
@@ -283,7 +301,7 @@ def _run_on_worker(task: Task, *, prewarm: int, grace: float, shipped: bool = Fa
 
             _pool = KernelPool(prewarm, cwd=Path(local.notebook).parent)
             atexit.register(_pool.close)
-        return _pool.run_task(local, grace=grace)
+        return _pool.run_task(local, grace=grace, replace=spare)
 
     fetch = (lambda: _kv_wait(tracking_key)) if tracking_key else None
     result = detached.run_detached(task, run, code_root=Path.cwd() if shipped else None, fetch_tracking=fetch)

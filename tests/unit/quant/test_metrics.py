@@ -1,3 +1,4 @@
+import datetime as dt
 import math
 
 import numpy as np
@@ -469,3 +470,35 @@ def test_horizon_5_statistics_match_non_overlapping_dates_not_the_naive_ones():
     assert ev.summary["ls_sharpe"] == pytest.approx(np.mean([p.sharpe for p in by_offset]))
     assert ev.summary["ls_annual_return"] == pytest.approx(np.mean([p.annual_return for p in by_offset]))
     assert performance_summary(gross.dropna()).sharpe > 1.8 * ev.summary["ls_sharpe"]  # daily-style: inflated
+
+
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_dates_as_objects_give_the_same_rows_indexed_by_the_same_objects(horizon):
+    """A Delta `date` column reads into pandas as `datetime.date` objects: the per-date metrics are
+    computed on datetime64 (much faster to group) and indexed by the caller's objects again."""
+    df, grid = _panel_with_gaps()
+    as_objects = df.assign(date=df["date"].dt.date.astype(object))
+    object_grid = pd.Index(grid.date, dtype=object)
+    options = {"quantiles": 4, "cost_bps": 7.0, "horizon": horizon}
+    daily, by_date = daily_metrics(df, dates=grid, **options)
+    daily_o, by_date_o = daily_metrics(as_objects, dates=object_grid, **options)
+    for result in (daily_o, by_date_o):
+        assert result.index.dtype == object and result.index.name == "date"
+        assert {type(d) for d in result.index} == {dt.date}
+    pd.testing.assert_frame_equal(daily_o.set_axis(pd.DatetimeIndex(daily_o.index, name="date")), daily,
+                                  check_exact=True, check_index_type=False)
+    pd.testing.assert_frame_equal(by_date_o.set_axis(pd.DatetimeIndex(by_date_o.index, name="date")), by_date,
+                                  check_exact=True, check_index_type=False)
+    ic = information_coefficient(as_objects)
+    assert {type(d) for d in ic.index} == {dt.date}
+    np.testing.assert_array_equal(ic.to_numpy(), information_coefficient(df).to_numpy())
+    merged = merge_factor_returns(as_objects[["date", "symbol", "factor"]],
+                                  as_objects[["date", "symbol", "forward_return"]], factor_column="factor")
+    assert {type(d) for d in merged["date"]} == {dt.date}
+    expected = merge_factor_returns(df[["date", "symbol", "factor"]], df[["date", "symbol", "forward_return"]],
+                                    factor_column="factor")
+    pd.testing.assert_frame_equal(merged.assign(date=pd.to_datetime(merged["date"])), expected,
+                                  check_exact=True, check_dtype=False)
+    # strings are not converted: a date column of text keeps its own index
+    as_text = df.assign(date=df["date"].dt.strftime("%Y-%m-%d"))
+    assert information_coefficient(as_text).index[0] == grid[0].strftime("%Y-%m-%d")
