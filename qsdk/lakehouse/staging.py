@@ -125,7 +125,7 @@ def commit_staged(staging_dir: str | Path, lakehouse: Lakehouse, *, app_prefix: 
             version = lakehouse.write(
                 entry.table, read_staged(folder, entry), mode=entry.mode,  # type: ignore[arg-type]
                 predicate=entry.predicate, metadata={**metadata, "qsdk.write_index": entry.index},
-                app_id=app_id,
+                app_id=app_id, key_checked=True,  # write_table conformed the rows before staging them
             )
             written[entry.table] = version
             done.append((entry, version))

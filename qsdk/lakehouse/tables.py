@@ -222,18 +222,20 @@ class Lakehouse:
         metadata: Mapping[str, Any] | None = None,
         app_id: str | None = None,
         app_version: int = 1,
+        key_checked: bool = False,
     ) -> int:
         """Validate ``data`` against the contract and commit it; return the new table version.
 
         ``mode``: ``append`` (new keys only), ``overwrite`` (whole table, or only the rows
         matching ``predicate``: a partition overwrite), ``merge`` (upsert on the primary key).
         ``app_id``: a Delta application transaction id; a commit whose ``app_id`` is already at
-        ``app_version`` is skipped, so a retried task never writes twice.
+        ``app_version`` is skipped, so a retried task never writes twice. ``key_checked``: the
+        rows passed :func:`~qsdk.lakehouse.contract.conform` already (a staged write, in its kernel).
         """
         if mode not in WRITE_MODES:
             raise ContractViolation(f"unknown write mode {mode!r}; use one of {WRITE_MODES}")
         spec = self.spec(name)
-        table = conform(data, spec)
+        table = conform(data, spec, key_checked=key_checked)
         if predicate is not None and mode != "overwrite":
             raise ContractViolation(f"predicate= only goes with mode='overwrite' (got {mode!r})")
         if mode == "merge" and not spec.primary_key:

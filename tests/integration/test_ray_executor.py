@@ -302,3 +302,38 @@ def test_a_worker_starts_a_spare_kernel_only_while_tasks_may_follow(ray_session,
         assert _kernels_of(last) == [], "the flow's last task left a spare kernel on its worker"
         if first != last:  # positive control: the first task (one more to come) did start one
             assert len(_kernels_of(first)) == 1
+
+
+WARM_PROBE = """import json, os, sys
+warm = "qsdk_warm_mod" in sys.modules
+import qsdk_warm_mod
+print(json.dumps({"warm": warm, "imported_by": qsdk_warm_mod.PID, "pid": os.getpid()}))"""
+FIRST_TASK = """
+import json, sys
+from qsdk.sdk import QuantSDK
+root = sys.argv[1]
+sdk = QuantSDK(root, lakehouse_root=root + "/lakehouse", runs_dir=root + "/runs")
+result = sdk.run_pipeline("f", executor="ray", ray_address="embedded", track=False, cache=False)
+print(json.dumps([r.notebook for r in result.results]))
+"""
+
+
+def test_a_workers_first_kernel_is_warmed_with_its_stages_preload(project, tmp_path):
+    """A worker's kernel pool starts with its first task's preload modules, so even that task's
+    kernel has imported them, once, in the zygote it was forked from, before the notebook runs.
+    On a Ray of its own: its workers are new."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "qsdk_warm_mod.py").write_text("import os\nPID = os.getpid()\n")
+    project.stage("warm", "value: int = 0", WARM_PROBE, preload=["qsdk_warm_mod"]).flow("f", ["warm"]).save()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-c", FIRST_TASK, str(project.root)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (notebook,) = json.loads(out.stdout.strip().splitlines()[-1])
+    nb = nbformat.read(notebook, as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    probe = json.loads(printed.strip().splitlines()[-1])
+    assert probe["warm"] is True, "the worker's first kernel started without its stage's preload modules"
+    assert probe["imported_by"] != probe["pid"]  # imported by the zygote, before the kernel was forked

@@ -1,3 +1,5 @@
+import shutil
+
 import nbformat
 import pyarrow as pa
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
@@ -80,3 +82,30 @@ def test_lazy_module_imports_on_first_use_and_counts_as_a_static_import(tmp_path
     module.write_text("from typing import TYPE_CHECKING\nfrom qsdk.lazyimport import lazy_module\n"
                       "if TYPE_CHECKING:\n    import pyarrow as pa\nelse:\n    pa = lazy_module('pyarrow')\n")
     assert "pyarrow" in static_imports(module, "m")
+
+
+def _dist(folder, name: str, version: str) -> None:
+    info = folder / f"{name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+
+
+def test_package_versions_are_remembered_until_an_install_changes_a_path_folder(tmp_path, monkeypatch):
+    """The closure's package versions are asked of importlib.metadata once per import name, and
+    again after an install, upgrade or uninstall (which changes its folder's mtime)."""
+    from qsdk import codedeps
+
+    site = tmp_path / "site"
+    site.mkdir()
+    _dist(site, "qsdkfakedist", "1.0")
+    monkeypatch.syspath_prepend(str(site))
+    asked: list[str] = []
+    real = codedeps.installed_version
+    monkeypatch.setattr(codedeps, "installed_version", lambda d: asked.append(d) or real(d))
+    assert codedeps.distributions(["qsdkfakedist"]) == {"qsdkfakedist": "1.0"}
+    assert codedeps.distributions(["qsdkfakedist"]) == {"qsdkfakedist": "1.0"}
+    assert asked == ["qsdkfakedist"]  # the second answer came from the memo
+    shutil.rmtree(site / "qsdkfakedist-1.0.dist-info")  # an upgrade
+    _dist(site, "qsdkfakedist", "2.0")
+    assert codedeps.distributions(["qsdkfakedist"]) == {"qsdkfakedist": "2.0"}
+    assert asked == ["qsdkfakedist", "qsdkfakedist"]

@@ -299,7 +299,7 @@ def _run_on_worker(task: Task, *, prewarm: int, grace: float, shipped: bool = Fa
         if _pool is None:
             import atexit
 
-            _pool = KernelPool(prewarm, cwd=Path(local.notebook).parent)
+            _pool = KernelPool(prewarm, cwd=Path(local.notebook).parent, preload=local.preload)
             atexit.register(_pool.close)
         return _pool.run_task(local, grace=grace, replace=spare)
 

@@ -71,6 +71,18 @@ def test_primary_key_uniqueness_whatever_the_row_order(symbols, days, unique):
             conform(data, SPEC)
 
 
+def test_rows_conformed_once_are_not_key_checked_again_but_their_columns_are():
+    """A staged write's rows passed ``conform`` in the kernel (duplicates fail there:
+    tests/integration/test_stage_contract.py); the commit checks their columns again, not the key."""
+    twice = pa.table({"date": pa.array([pd.Timestamp(2020, 1, 1).date()] * 2, pa.date32()),
+                      "symbol": ["A", "A"], "x": [1.0, 2.0], "n": [1, 2]})
+    with pytest.raises(ContractViolation, match="1 duplicate primary key"):
+        conform(twice, SPEC)
+    assert conform(twice, SPEC, key_checked=True).num_rows == 2  # not hashed a second time
+    with pytest.raises(ContractViolation, match="column 'n' has type string"):
+        conform(twice.set_column(3, "n", pa.array(["1", "2"])), SPEC, key_checked=True)
+
+
 def test_primary_key_check_on_two_million_ordered_rows_takes_one_pass():
     import time
 
