@@ -7,25 +7,32 @@ Both run as child processes, one after the other, and are measured the same way:
 * CPU seconds (user + system) of every process of the run;
 * the peak of the run's summed resident sets, sampled every 0.5 s with psutil: what the machine
   needed at once (RSS at every sample; PSS, which reads every process's smaps, at the samples
-  whose RSS is within 15% of its peak so far). A run's processes are the child, its descendants, and every process that
-  carries the run's marker in its environment (``QSDK_BENCH_RUN``, inherited by whatever the
-  run starts): Ray's raylet, GCS and workers are not the driver's descendants once Ray
-  daemonises or runs a head that outlives the command, and other Ray instances on a shared
-  machine do not carry this run's marker;
+  whose RSS is within 15% of its peak so far). A run's processes are the child, its
+  descendants, and every process that carries the run's marker in its environment
+  (``QSDK_BENCH_RUN``, inherited by whatever the run starts): Ray's raylet, GCS and workers are
+  not the driver's descendants once Ray daemonises, and other Ray instances on a shared machine
+  do not carry this run's marker. With ``ray-head``, also every process carrying the warm
+  head's marker (``QSDK_BENCH_HEAD``): the head's services, counted from the run's start, and
+  the workers it starts for the run;
 * the largest resident set of any one process the child reaped (``os.wait4``), for reference:
   it misses Ray's workers; for a run that is one process (the script) it is the exact peak, and
   replaces the sampled one (scaled for PSS).
 
 The script calls the same ``qsdk.quant`` functions as the notebooks, on the whole range at
-once, in memory (no Delta, no kernels, no partitions); the flow runs every stage partitioned
-by year, tracking off, with each executor asked for: ``local`` (sequential, one pre-warmed
-kernel) and ``ray`` (Ray on this machine's cores, one pre-warmed kernel per worker). Ratios are
+once, in memory (no Delta, no kernels, no partitions); the flow runs every stage in its
+registry partitions (5-year blocks), tracking off, with each executor asked for: ``local``
+(sequential, one pre-warmed kernel), ``ray`` (an embedded Ray on this machine's cores, started
+and stopped inside the timed run, one pre-warmed kernel per worker) and ``ray-head`` (the same
+on a long-lived head, as ``qsdk run`` leaves one up after its first run, for a copy of the
+project: started before each of its runs and stopped after, outside the timer; each run still
+gets new workers, zygotes and kernels: Ray ends a job's workers with its driver). Ratios are
 medians of the per-round ratios (each round runs the script and the flows back to back).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,16 +120,47 @@ def run_flow(p: dict, work: Path, executor: str) -> dict:
     from deltalake import DeltaTable
 
     from qsdk.execution.executors import get_executor
+    from qsdk.execution.executors.ray import RayExecutor
     from qsdk.sdk import QuantSDK
 
-    sdk = QuantSDK(REPO, lakehouse_root=work / "lake", runs_dir=work / "runs")
+    if executor == HEAD:  # the project's long-lived head, as `qsdk run` joins it (already up)
+        project = Path(os.environ[ENV_PROJECT_COPY])
+        ex: Any = RayExecutor(project_root=project, prewarm=1)
+    else:
+        project, ex = REPO, get_executor(executor, prewarm=1)
+    sdk = QuantSDK(project, lakehouse_root=work / "lake", runs_dir=work / "runs")
     params = {"source": "synthetic", **{k: p[k] for k in ("start", "end", "n_symbols", "seed", "signal_strength")}}
-    sdk.run_pipeline("backfill", params=params, track=False, executor=get_executor(executor, prewarm=1))
+    sdk.run_pipeline("backfill", params=params, track=False, executor=ex)
     evaluation = DeltaTable(str(work / "lake" / "gold" / "alpha_evaluation")).to_pandas()
     return dict(zip(evaluation["factor"], evaluation["rank_ic_mean"], strict=True))
 
 
 MARKER = "QSDK_BENCH_RUN"
+HEAD = "ray-head"  # --executors ray-head: the flow joins a long-lived head the bench started before the rounds
+HEAD_MARKER = "QSDK_BENCH_HEAD"  # carried by that head's processes, and so by the workers it starts for a run
+ENV_PROJECT_COPY = "QSDK_BENCH_PROJECT"  # the copy of the project the head is keyed on
+
+
+@contextlib.contextmanager
+def warm_head() -> Iterator[tuple[Path, str]]:
+    """A long-lived Ray head, as the CLI leaves one up after its first run, for a copy of this
+    project (a head is keyed on its project's path: this one is never the checkout's own), and
+    the marker its processes carry. Stopped, with the copy, at the end."""
+    from qsdk.execution.executors import rayhead
+
+    project = Path(tempfile.mkdtemp(prefix="qsdk-bench-project-"))
+    marker = uuid.uuid4().hex
+    for folder in ("pipelines", "notebooks"):
+        shutil.copytree(REPO / folder, project / folder, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    before = os.environ.get(HEAD_MARKER)
+    os.environ[HEAD_MARKER] = marker  # the head inherits this process's environment
+    try:
+        rayhead.ensure(project, num_cpus=os.cpu_count())
+        yield project, marker
+    finally:
+        os.environ.pop(HEAD_MARKER, None) if before is None else os.environ.update({HEAD_MARKER: before})
+        rayhead.stop(project)
+        shutil.rmtree(project, ignore_errors=True)
 
 
 @dataclass
@@ -141,16 +180,35 @@ class Usage:
         return max(sum(self.cpu.values()), self.reaped_cpu_s)
 
 
-def _ours(proc: Any, marker: str, known: dict[tuple[int, float], bool]) -> bool:
+def _ours(proc: Any, marker: str, known: dict[tuple[int, float], bool], head: str | None = None) -> bool:
+    """Whether ``proc`` belongs to the run: it carries the run's marker, or (``head``) the warm
+    head's, which the head's own processes and the workers it starts for the run carry."""
     import psutil
 
     key = (proc.pid, proc.create_time())
     if key not in known:
         try:
-            known[key] = proc.environ().get(MARKER) == marker
+            env = proc.environ()
+            known[key] = env.get(MARKER) == marker or (head is not None and env.get(HEAD_MARKER) == head)
         except (psutil.AccessDenied, psutil.ZombieProcess):
             known[key] = False
     return known[key]
+
+
+def _cpu_of(head: str) -> dict[tuple[int, float], float]:
+    """CPU seconds so far of the warm head's processes: what the run's count starts from."""
+    import psutil
+
+    out: dict[tuple[int, float], float] = {}
+    known: dict[tuple[int, float], bool] = {}
+    for proc in psutil.process_iter():
+        try:
+            if _ours(proc, "", known, head):
+                times = proc.cpu_times()
+                out[(proc.pid, proc.create_time())] = times.user + times.system
+        except psutil.Error:
+            continue
+    return out
 
 
 RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # started by the raylet, named like workers
@@ -201,7 +259,8 @@ def _lowest_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
-def _sample_tree(pid: int, marker: str, usage: Usage, stop: threading.Event) -> None:
+def _sample_tree(pid: int, marker: str, usage: Usage, stop: threading.Event, head: str | None = None,
+                 cpu_before: dict[tuple[int, float], float] | None = None) -> None:
     """Sample the run's processes, taking as little CPU from the run as it can (its own CPU is
     printed beside each run): at the lowest priority, and reading PSS (every process's smaps)
     only when the summed RSS is near its highest so far, where the PSS peak is."""
@@ -216,13 +275,13 @@ def _sample_tree(pid: int, marker: str, usage: Usage, stop: threading.Event) -> 
             try:
                 if proc.info["uids"] is None or proc.info["uids"].real != me:
                     continue
-                if proc.pid != pid and not _ours(proc, marker, known):
+                if proc.pid != pid and not _ours(proc, marker, known, head):
                     continue
                 with proc.oneshot():
                     total += proc.memory_info().rss
                     times = proc.cpu_times()
                     key = (proc.pid, proc.create_time())
-                    usage.cpu[key] = times.user + times.system
+                    usage.cpu[key] = times.user + times.system - (cpu_before or {}).get(key, 0.0)
                     if key not in usage.kind:
                         usage.kind[key] = _kind(proc)
                 procs.append((proc, usage.kind[key]))
@@ -258,7 +317,16 @@ class ChildFailed(Exception):
     pass
 
 
-def _child(mode: str, p: dict) -> tuple[float, float, Usage, dict]:
+def _measured(mode: str, p: dict) -> tuple[float, float, Usage, dict]:
+    """:func:`_child`; for ``ray-head``, on a head started before it and stopped after it, outside
+    the timed run (up only then, so its idle services never run beside another mode's run)."""
+    if mode != f"flow:{HEAD}":
+        return _child(mode, p)
+    with warm_head() as head:
+        return _child(mode, p, head)
+
+
+def _child(mode: str, p: dict, head: tuple[Path, str] | None = None) -> tuple[float, float, Usage, dict]:
     """Run ``script`` or ``flow:EXECUTOR`` in a child process; return (wall seconds, peak RSS
     of one process in MiB, what the run's processes used, its result)."""
     work = Path(tempfile.mkdtemp(prefix="qsdk-bench-"))
@@ -272,10 +340,16 @@ def _child(mode: str, p: dict) -> tuple[float, float, Usage, dict]:
         if "@" in mode:  # flow:EXECUTOR@START: how its kernels start (qsdk.execution.zygote)
             mode, env["QSDK_KERNEL_START"] = mode.split("@")
             cmd[cmd.index("--child") + 1] = mode
+        head_marker = cpu_before = None
+        if mode == f"flow:{HEAD}":
+            assert head is not None
+            env[ENV_PROJECT_COPY], head_marker = str(head[0]), head[1]
+            cpu_before = _cpu_of(head_marker)  # the head's services ran before: count what they spend from now
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
         usage, stop = Usage(), threading.Event()
         sampling_before = time.process_time()  # this process: the sampler's CPU (the rest is idle)
-        sampler = threading.Thread(target=_sample_tree, args=(proc.pid, marker, usage, stop), daemon=True)
+        sampler = threading.Thread(target=_sample_tree, args=(proc.pid, marker, usage, stop, head_marker, cpu_before),
+                                   daemon=True)
         sampler.start()
         output = proc.stdout.read() if proc.stdout else ""
         _, status, rusage = os.wait4(proc.pid, 0)
@@ -302,7 +376,10 @@ def main() -> None:
     parser.add_argument("--end", default="2009-12-31")
     parser.add_argument("--signal-strength", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--executors", default="local,ray", help="comma-separated executors for the flow")
+    parser.add_argument("--executors", default=f"local,ray,{HEAD}",
+                        help="comma-separated executors for the flow: local, ray (an embedded Ray started and "
+                             f"stopped inside the timed run), {HEAD} (the project's long-lived head, started "
+                             "before the rounds as the CLI's first run leaves it, its processes counted)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds; medians are reported (the machine is noisy)")
     parser.add_argument("--kernel-starts", default="",
                         help="comma-separated kernel start modes (fork, spawn) to run each flow with, "
@@ -326,15 +403,21 @@ def main() -> None:
     modes = ["script", *(f"flow:{e}{k}" for e in args.executors.split(",") for k in starts)]
     runs: dict[str, list[tuple[float, float, Usage]]] = {m: [] for m in modes}
     outputs: dict[str, dict] = {}
-    for round_ in range(1, args.repeat + 1):
+    _rounds(args.repeat, modes, p, runs, outputs)
+    _report(modes, runs, outputs)
+
+
+def _rounds(repeat: int, modes: list[str], p: dict, runs: dict[str, list[tuple[float, float, Usage]]],
+            outputs: dict[str, dict]) -> None:
+    for round_ in range(1, repeat + 1):
         for mode in modes:
             try:
-                wall, mem, usage, outputs[mode] = _child(mode, p)
+                wall, mem, usage, outputs[mode] = _measured(mode, p)
             except ChildFailed as exc:  # on a loaded machine Ray's node can miss its 30 s start-up deadline
                 if "timed out during startup" not in str(exc):
                     raise SystemExit(str(exc)) from None
                 print(f"  round {round_}: {mode}: Ray's start timed out; running it once more", file=sys.stderr)
-                wall, mem, usage, outputs[mode] = _child(mode, p)
+                wall, mem, usage, outputs[mode] = _measured(mode, p)
             runs[mode].append((wall, mem, usage))
             print(f"  round {round_}: {mode:<11} {wall:7.1f} s wall {usage.cpu_s:7.1f} s CPU   tree peak "
                   f"{usage.tree_peak_mib:6.0f} MiB RSS {usage.tree_peak_pss_mib:6.0f} MiB PSS "
@@ -343,6 +426,9 @@ def main() -> None:
             print(f"    CPU by process: {_by_kind(usage)}; the bench's own sampling: {usage.sampler_cpu_s:.1f} s")
             print("    PSS at the peak: " + ", ".join(
                 f"{k} {v:.0f} MiB" for k, v in sorted(usage.peak_pss_by_kind.items(), key=lambda kv: -kv[1])))
+
+
+def _report(modes: list[str], runs: dict[str, list[tuple[float, float, Usage]]], outputs: dict[str, dict]) -> None:
     script = runs["script"]
     print(f"plain script:          median {median([r[0] for r in script]):7.1f} s wall "
           f"{median([r[2].cpu_s for r in script]):7.1f} s CPU   tree peak "
