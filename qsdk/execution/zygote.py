@@ -447,6 +447,10 @@ def _become_kernel(argv: list[str], env: dict[str, str], cwd: str, owner_fd: int
         import traceback
 
         traceback.print_exc()
+        sys.stderr.flush()
+        # not the atexit handlers: ZeroMQ's context would wait for ever on the sockets a failed
+        # launch opened, and the pool would take this for a live kernel until its start timeout
+        os._exit(1)
     finally:
         try:
             import atexit

@@ -208,3 +208,42 @@ def test_local_executor_with_prewarmed_kernels_runs_a_partitioned_flow(project):
     assert [r.status for r in result.results] == ["succeeded"] * 3
     df = sdk.lakehouse.read("bronze.t").to_pandas()
     assert sorted(df["date"].astype(str)) == ["2020-01-01", "2020-02-01", "2020-03-01"]
+
+
+@pytest.mark.parametrize("start", ["spawn", "fork"])
+def test_a_kernel_that_dies_while_starting_is_replaced_by_a_new_start(tmp_path, monkeypatch, start):
+    """jupyter_client picks a kernel's ports in the pool's process and the kernel binds them later:
+    a port another process took in between kills the kernel at start (seen under Ray: `ZMQError:
+    Address already in use`; the forked kernel then hung in ZeroMQ's exit handlers until the
+    60 s start timeout failed the task). The pool starts another with new ports and the task runs;
+    a forked kernel exits at once (the hang, 15 times the normal start, is what the time bound
+    catches), a spawned one still hangs in ipykernel's own exit and is replaced at the timeout."""
+    import socket
+
+    from qsdk.execution import kernels
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    made: list[object] = []
+    real_init = kernels._PooledKernelManager.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        made.append(self)
+        if len(made) == 1:
+            self.cache_ports = False  # use the ports set here (else the provisioner picks them)
+            self.iopub_port = taken.getsockname()[1]  # the first start's port is already taken
+
+    monkeypatch.setattr(kernels._PooledKernelManager, "__init__", init)
+    nb = write_notebook(tmp_path / "nbs" / "ok.ipynb", "value: int = 0", "print('ran', value)")
+    started = time.monotonic()
+    try:
+        with KernelPool(0, cwd=tmp_path, start=start, startup_timeout=60 if start == "fork" else 20) as pool:
+            result = pool.run_task(_task(tmp_path, nb, "ok"))
+    finally:
+        taken.close()
+    assert result.status == "succeeded", result.error
+    assert len(made) == 2  # the dead start, and the one that ran the notebook
+    if start == "fork":
+        assert time.monotonic() - started < 45, "the dead kernel was only noticed at the start timeout"
