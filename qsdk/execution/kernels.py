@@ -382,33 +382,40 @@ class KernelPool:
         and the kernel binds them later, so another process (Ray's many loopback connections) can
         take one in between. A forked kernel that fails so exits at once (:mod:`.zygote`); a
         spawned one hangs in ZeroMQ's exit handlers and is only noticed at the timeout."""
-        for attempt in (1, 2):
-            km = _PooledKernelManager(kernel_name=self.kernel_name, zygote=self._zygote, on_fallback=self._fall_back)
-            try:
-                await km.start_kernel(extra_arguments=self.extra_arguments, cwd=self.cwd)
-                probe = km.client()
-                probe.start_channels()
-                try:
-                    # jupyter_client's own wait: it notices a kernel that dies while starting
-                    await probe._async_wait_for_ready(timeout=self.startup_timeout)
-                finally:
-                    km.stop_clients()
-                if preload:
-                    await self._execute(km, _preload_code(preload), what="warm the kernel's imports")
-                km.prepare_client()
-                if asyncio.get_running_loop() is not self._loop:
-                    # this start stalled and the pool moved on (_replace_loop): nobody will take
-                    # this kernel, and a manager dropped with open sockets blocks ZeroMQ's cleanup
-                    raise KernelPoolError("the pool gave up on this start after it stalled")
-                return km
-            except Exception as exc:
-                if km.has_kernel:
-                    await self._shutdown(km)
-                if attempt == 1 and asyncio.get_running_loop() is self._loop:
-                    _log.warning("a %r kernel failed to start (%s); starting another", self.kernel_name, exc)
-                    continue
+        try:
+            return await self._start_once(preload)
+        except Exception as exc:
+            if asyncio.get_running_loop() is not self._loop:
                 raise KernelPoolError(f"could not start a {self.kernel_name!r} kernel: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+            _log.warning("a %r kernel failed to start (%s); starting another", self.kernel_name, exc)
+        try:
+            return await self._start_once(preload)
+        except Exception as exc:
+            raise KernelPoolError(f"could not start a {self.kernel_name!r} kernel: {exc}") from exc
+
+    async def _start_once(self, preload: tuple[str, ...]) -> _PooledKernelManager:
+        km = _PooledKernelManager(kernel_name=self.kernel_name, zygote=self._zygote, on_fallback=self._fall_back)
+        try:
+            await km.start_kernel(extra_arguments=self.extra_arguments, cwd=self.cwd)
+            probe = km.client()
+            probe.start_channels()
+            try:
+                # jupyter_client's own wait: it notices a kernel that dies while starting
+                await probe._async_wait_for_ready(timeout=self.startup_timeout)
+            finally:
+                km.stop_clients()
+            if preload:
+                await self._execute(km, _preload_code(preload), what="warm the kernel's imports")
+            km.prepare_client()
+            if asyncio.get_running_loop() is not self._loop:
+                # this start stalled and the pool moved on (_replace_loop): nobody will take
+                # this kernel, and a manager dropped with open sockets blocks ZeroMQ's cleanup
+                raise KernelPoolError("the pool gave up on this start after it stalled")
+        except Exception:
+            if km.has_kernel:
+                await self._shutdown(km)
+            raise
+        return km
 
     async def _chdir(self, km: _PooledKernelManager, cwd: str) -> None:
         from qsdk.execution.engine import bootstrap_code

@@ -64,8 +64,7 @@ def merge_factor_returns(
     dropped), sorted by (date, symbol), with a fresh RangeIndex.
     """
     # both sides' dates as date objects (Delta reads): joined and sorted as datetime64, handed back as objects
-    objects = all(isinstance(f, pd.DataFrame) and "date" in f.columns and _date_objects(f["date"])
-                  for f in (factor, returns))
+    objects = _has_date_objects(factor) and _has_date_objects(returns)
     if objects:
         factor, returns = (f.assign(date=pd.to_datetime(f["date"])) for f in (factor, returns))
     for name, frame, col in (
@@ -136,7 +135,7 @@ def _datetime64_dates(df: pd.DataFrame, dates: Any = None) -> tuple[pd.DataFrame
     """``df`` (and the grid ``dates``) with ``date`` as datetime64 when it holds ``datetime.date``
     objects, and the function that turns a date index of a result back into such objects (the
     identity when nothing was converted). See the module docstring's *Date types*."""
-    if not (isinstance(df, pd.DataFrame) and "date" in df.columns and _date_objects(df["date"])):
+    if not _has_date_objects(df):
         return df, dates, lambda result: result
     df = df.assign(date=pd.to_datetime(df["date"]))
     if dates is not None and _date_objects(pd.Index(dates)):
@@ -148,6 +147,11 @@ def _datetime64_dates(df: pd.DataFrame, dates: Any = None) -> tuple[pd.DataFrame
         return result
 
     return df, dates, restore
+
+
+def _has_date_objects(df: Any) -> bool:
+    """Whether ``df`` is a frame whose ``date`` column holds ``datetime.date`` objects."""
+    return isinstance(df, pd.DataFrame) and "date" in df.columns and _date_objects(df["date"])
 
 
 def _date_objects(values: pd.Series | pd.Index) -> bool:
