@@ -304,6 +304,30 @@ def test_a_worker_starts_a_spare_kernel_only_while_tasks_may_follow(ray_session,
             assert len(_kernels_of(first)) == 1
 
 
+def test_while_a_task_may_follow_every_running_tasks_worker_starts_a_spare(ray_session, project):
+    """Two partitions run side by side on two workers, one task follows: Ray, not qsdk, decides
+    which worker takes it, so both workers start a spare and the last task finds one started
+    whichever it lands on; the other spare is left over (one kernel's start). Counted spares
+    (as many as tasks may follow) left one of the two workers without one."""
+    wait = 'import time\ntime.sleep(2)\n'  # long enough for both partitions to be running at once
+    (project.table("bronze.k", {"date": "date", "v": "int64"}).table("silver.k", {"date": "date", "v": "int64"})
+     .stage("k", YEARS, wait + WRITE, outputs=["bronze.k"], partition={"by": "year"})
+     .stage("m", "x: int = 1", "import qsdk\nqsdk.write_table('silver.k', qsdk.DataLoader().read('bronze.k'), "
+            "mode='overwrite')", inputs=["bronze.k"], outputs=["silver.k"])
+     .flow("f", ["k", "m"]).save())
+    result = project.sdk().run_pipeline("f", executor=RayExecutor(), track=False, cache=False)
+    assert [r.status for r in result.results] == ["succeeded"] * 3
+    partitions = [r.extra["worker_pid"] for r in result.results if r.stage == "k"]
+    last = next(r.extra["worker_pid"] for r in result.results if r.stage == "m")
+    assert len(set(partitions)) == 2, "the two partitions did not run on two workers"
+    (other,) = set(partitions) - {last}
+    deadline = time.monotonic() + 30  # a used kernel is shut down in the background
+    while (_kernels_of(last) or len(_kernels_of(other)) > 1) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _kernels_of(last) == [], "the flow's last task left a spare kernel on its worker"
+    assert len(_kernels_of(other)) == 1, "the worker the last task did not take had started no spare"
+
+
 WARM_PROBE = """import json, os, sys
 warm = "qsdk_warm_mod" in sys.modules
 import qsdk_warm_mod
