@@ -355,20 +355,60 @@ def _path_stamp() -> tuple[tuple[str, int], ...]:
 
 
 def _providers(name: str, stamp: tuple[tuple[str, int], ...]) -> dict[str, str]:
-    global _TOP_LEVEL
     from importlib import metadata
 
     version = installed_version(name)  # most import names are their distribution's name
     if version is not None:
         return {metadata.distribution(name).metadata["Name"]: version}
-    if _TOP_LEVEL is None or _TOP_LEVEL[0] != stamp:  # scans every installed distribution: only when needed
-        _TOP_LEVEL = (stamp, metadata.packages_distributions())
     out: dict[str, str] = {}
-    for dist in _TOP_LEVEL[1].get(name, ()):
+    for dist in _top_level(stamp).get(name, ()):
         version = installed_version(dist)
         if version is not None:
             out[dist] = version
     return out
+
+
+def _top_level(stamp: tuple[tuple[str, int], ...]) -> Mapping[str, list[str]]:
+    """``importlib.metadata.packages_distributions()`` for these ``sys.path`` folders: it reads
+    every installed distribution's file list (about 0.2 s on an idle machine, for each new
+    process: every Ray worker, every ``qsdk run``), so it is kept in memory and on disk
+    (:func:`user_cache_dir`), under a key that changes with any ``sys.path`` folder's mtime."""
+    global _TOP_LEVEL
+    if _TOP_LEVEL is None or _TOP_LEVEL[0] != stamp:
+        _TOP_LEVEL = (stamp, _stored_top_level(stamp))
+    return _TOP_LEVEL[1]
+
+
+def _stored_top_level(stamp: tuple[tuple[str, int], ...]) -> Mapping[str, list[str]]:
+    from importlib import metadata
+
+    folder = user_cache_dir("distributions")
+    key = hashlib.sha256(json.dumps([sys.version, sys.prefix, stamp]).encode()).hexdigest()
+    path = folder / f"{key}.json" if folder is not None else None
+    if path is not None:
+        try:
+            index = json.loads(path.read_text())
+            if isinstance(index, dict):
+                return index
+        except (OSError, ValueError):
+            pass  # not there yet, or unreadable: scan
+    index = metadata.packages_distributions()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            partial.write_text(json.dumps(index))
+            os.replace(partial, path)  # readers see the whole file or none
+        except OSError:
+            pass  # a read-only home: scan again next time
+    return index
+
+
+def user_cache_dir(name: str) -> Path | None:
+    """``$XDG_CACHE_HOME/qsdk/<name>`` (default ``~/.cache``), for what qsdk may recompute at any
+    time; None when that folder cannot be named (no home)."""
+    folder = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(folder) / "qsdk" / name if os.path.isabs(folder) else None
 
 
 def installed_version(dist: str) -> str | None:

@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -126,15 +125,15 @@ def _validate_once(table: str, columns: Mapping[str, str], checks: Sequence[Chec
 
 
 def _marker(table: str, columns: Mapping[str, str], checks: Sequence[Check]) -> Path | None:
-    from qsdk.codedeps import file_hash, listed_version
+    from qsdk.codedeps import file_hash, listed_version, user_cache_dir
 
-    folder = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    if not os.path.isabs(folder):
+    folder = user_cache_dir("validated-checks")
+    if folder is None:
         return None
     identity = [table, dict(columns), [c.spec for c in checks], file_hash(Path(__file__)),
                 listed_version("duckdb"), listed_version("exchange_calendars")]
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-    return Path(folder) / "qsdk" / "validated-checks" / digest
+    return folder / digest
 
 
 def _validate_calendar(table: str, check: Check) -> None:

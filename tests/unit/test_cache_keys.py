@@ -1,4 +1,8 @@
+import json
+import os
 import shutil
+import subprocess
+import sys
 
 import nbformat
 import pyarrow as pa
@@ -109,3 +113,42 @@ def test_package_versions_are_remembered_until_an_install_changes_a_path_folder(
     _dist(site, "qsdkfakedist", "2.0")
     assert codedeps.distributions(["qsdkfakedist"]) == {"qsdkfakedist": "2.0"}
     assert asked == ["qsdkfakedist", "qsdkfakedist"]
+
+
+PROVIDERS = """import json, sys
+from importlib import metadata
+sys.path.insert(0, sys.argv[1])
+if sys.argv[2] == "no-scan":
+    def refuse():
+        raise AssertionError("scanned the installed distributions")
+    metadata.packages_distributions = refuse
+from qsdk import codedeps
+print(json.dumps(codedeps.distributions(["qsdkfakemod"])))"""
+
+
+def test_which_distribution_provides_an_import_name_is_scanned_once_per_install_across_processes(tmp_path):
+    """An import name that is not its distribution's name (``yaml`` is PyYAML's) needs a scan of
+    every installed distribution's files; a new process (a Ray worker, a ``qsdk run``) reads the
+    last scan from ``$XDG_CACHE_HOME/qsdk/distributions`` instead, until an install changes a
+    ``sys.path`` folder."""
+    site, cache = tmp_path / "site", tmp_path / "cache"
+    site.mkdir()
+
+    def install(version: str) -> None:
+        _dist(site, "qsdkfakedist", version)
+        (site / f"qsdkfakedist-{version}.dist-info" / "top_level.txt").write_text("qsdkfakemod\n")
+
+    def providers(scan: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", PROVIDERS, str(site), scan], capture_output=True, text=True,
+                              env={**os.environ, "XDG_CACHE_HOME": str(cache)})
+
+    install("1.0")
+    refused = providers("no-scan")
+    assert refused.returncode != 0 and "scanned the installed distributions" in refused.stderr  # the probe works
+    assert json.loads(providers("scan").stdout) == {"qsdkfakedist": "1.0"}
+    assert json.loads(providers("no-scan").stdout) == {"qsdkfakedist": "1.0"}  # from the stored scan
+    shutil.rmtree(site / "qsdkfakedist-1.0.dist-info")  # an upgrade
+    install("2.0")
+    assert "scanned the installed distributions" in providers("no-scan").stderr  # the stored scan is stale
+    assert json.loads(providers("scan").stdout) == {"qsdkfakedist": "2.0"}
+    assert len(list((cache / "qsdk" / "distributions").glob("*.json"))) == 2
