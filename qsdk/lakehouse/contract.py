@@ -235,8 +235,7 @@ def check_primary_key(table: pa.Table, spec: TableSpec) -> None:
     keys = list(spec.primary_key)
     if _strictly_ordered(table, keys) or _strictly_ordered(table, keys[::-1]):
         return  # rows in strict key order (the usual case: built by a sort, a range or a date loop)
-    counts = table.select(keys).group_by(keys).aggregate([([], "count_all")])
-    dupes = counts.filter(pc.greater(counts.column("count_all"), 1))
+    dupes = _duplicate_keys(table, keys)
     if dupes.num_rows:
         example = {k: dupes.column(k)[0].as_py() for k in keys}
         raise ContractViolation(
@@ -245,6 +244,12 @@ def check_primary_key(table: pa.Table, spec: TableSpec) -> None:
             table=spec.name,
             duplicates=dupes.num_rows,
         )
+
+
+def _duplicate_keys(table: pa.Table, keys: list[str]) -> pa.Table:
+    """The ``keys`` values that occur more than once in ``table`` (a hash aggregation)."""
+    counts = table.select(keys).group_by(keys).aggregate([([], "count_all")])
+    return counts.filter(pc.greater(counts.column("count_all"), 1))
 
 
 def _strictly_ordered(table: pa.Table, keys: list[str]) -> bool:
