@@ -399,9 +399,22 @@ def _stored_top_level(stamp: tuple[tuple[str, int], ...]) -> Mapping[str, list[s
             partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             partial.write_text(json.dumps(index))
             os.replace(partial, path)  # readers see the whole file or none
+            _prune(path.parent, keep=_STORED_SCANS, written=path)
         except OSError:
             pass  # a read-only home: scan again next time
     return index
+
+
+_STORED_SCANS = 16  # one per install state (and per sys.path a process has): the newest are kept
+
+
+def _prune(folder: Path, *, keep: int, written: Path) -> None:
+    """Keep ``written`` and the ``keep - 1`` most recently written other ``*.json`` files of
+    ``folder``; delete the rest."""
+    others = [p for p in folder.glob("*.json") if p != written]
+    others.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in others[keep - 1:]:
+        old.unlink(missing_ok=True)
 
 
 def user_cache_dir(name: str) -> Path | None:

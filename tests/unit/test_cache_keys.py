@@ -152,3 +152,25 @@ def test_which_distribution_provides_an_import_name_is_scanned_once_per_install_
     assert "scanned the installed distributions" in providers("no-scan").stderr  # the stored scan is stale
     assert json.loads(providers("scan").stdout) == {"qsdkfakedist": "2.0"}
     assert len(list((cache / "qsdk" / "distributions").glob("*.json"))) == 2
+
+
+def test_only_the_newest_stored_scans_are_kept(tmp_path, monkeypatch):
+    """Each install state (and each sys.path a process has) stores one scan; the folder keeps
+    the newest sixteen, so it does not grow with every install."""
+    from importlib import metadata
+
+    from qsdk import codedeps
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(metadata, "packages_distributions", lambda: {"m": ["d"]})
+    folder = tmp_path / "qsdk" / "distributions"
+    dated: set[str] = set()
+    for n in range(20):
+        assert codedeps._stored_top_level(((f"/site-{n}", n),)) == {"m": ["d"]}
+        for new in {p.name for p in folder.glob("*.json")} - dated:  # distinct mtimes, oldest first
+            os.utime(folder / new, (1_000_000 + n, 1_000_000 + n))
+            dated.add(new)
+    assert len(list(folder.glob("*.json"))) == codedeps._STORED_SCANS == 16
+    monkeypatch.setattr(metadata, "packages_distributions", lambda: {"m": ["rescanned"]})
+    assert codedeps._stored_top_level((("/site-19", 19),)) == {"m": ["d"]}  # the newest is kept
+    assert codedeps._stored_top_level((("/site-0", 0),)) == {"m": ["rescanned"]}  # the oldest went
