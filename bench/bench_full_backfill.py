@@ -158,7 +158,10 @@ def warm_head() -> Iterator[tuple[Path, str]]:
         rayhead.ensure(project, num_cpus=os.cpu_count())
         yield project, marker
     finally:
-        os.environ.pop(HEAD_MARKER, None) if before is None else os.environ.update({HEAD_MARKER: before})
+        if before is None:
+            os.environ.pop(HEAD_MARKER, None)
+        else:
+            os.environ[HEAD_MARKER] = before
         rayhead.stop(project)
         shutil.rmtree(project, ignore_errors=True)
 
@@ -320,7 +323,7 @@ class ChildFailed(Exception):
 def _measured(mode: str, p: dict) -> tuple[float, float, Usage, dict]:
     """:func:`_child`; for ``ray-head``, on a head started before it and stopped after it, outside
     the timed run (up only then, so its idle services never run beside another mode's run)."""
-    if mode != f"flow:{HEAD}":
+    if mode.split("@")[0] != f"flow:{HEAD}":  # flow:ray-head@spawn too
         return _child(mode, p)
     with warm_head() as head:
         return _child(mode, p, head)
@@ -341,8 +344,7 @@ def _child(mode: str, p: dict, head: tuple[Path, str] | None = None) -> tuple[fl
             mode, env["QSDK_KERNEL_START"] = mode.split("@")
             cmd[cmd.index("--child") + 1] = mode
         head_marker = cpu_before = None
-        if mode == f"flow:{HEAD}":
-            assert head is not None
+        if head is not None:
             env[ENV_PROJECT_COPY], head_marker = str(head[0]), head[1]
             cpu_before = _cpu_of(head_marker)  # the head's services ran before: count what they spend from now
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
