@@ -96,6 +96,40 @@ def test_embedded_ray_listens_on_loopback_only(ray_session):
     assert listening <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, listening
 
 
+STOP_EMBEDDED = """
+import json, psutil
+from ray._private import node
+from qsdk.execution.executors.ray import RayExecutor
+stopped = []
+kill = node.Node._kill_process_impl
+def recording(self, process_type, *args, **kwargs):
+    stopped.append(process_type)
+    return kill(self, process_type, *args, **kwargs)
+node.Node._kill_process_impl = recording
+executor = RayExecutor(num_cpus=1, address="embedded")
+executor.init()
+started = psutil.Process().children(recursive=True)
+executor.finalize()
+_, alive = psutil.wait_procs(started, timeout=30)
+print(json.dumps({"stopped": stopped, "alive": [" ".join(p.cmdline()) for p in alive]}))
+"""
+
+
+def test_an_embedded_ray_stops_its_autoscaler_before_its_gcs_and_leaves_nothing_running():
+    """Ray stops its autoscaler monitor after the GCS; the monitor's SIGTERM handler then waits
+    on the dead GCS, and ``ray.shutdown()`` sat out its one-second grace on every run. The
+    executor stops it first (``rayenv.shutdown_ray``), and every process Ray started still goes."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", STOP_EMBEDDED], env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    done = json.loads(out.stdout.strip().splitlines()[-1])
+    stopped = done["stopped"]
+    assert "monitor" in stopped and "gcs_server" in stopped, stopped
+    assert stopped.index("monitor") < stopped.index("gcs_server"), stopped
+    assert done["alive"] == []
+
+
 def test_killed_worker_is_retried_without_duplicate_or_missing_rows(ray_session, project, tmp_path):
     kill = """import os, pathlib, signal, time
 marker = pathlib.Path(markers) / f"{start}.killed"

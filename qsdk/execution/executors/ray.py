@@ -49,6 +49,7 @@ from qsdk.execution.executors.rayenv import (
     OBJECT_STORE_BYTES,
     cluster_runtime_env,
     embedded_environment,
+    shutdown_ray,
 )
 from qsdk.execution.kernels import WALL_CLOCK_GRACE, KernelPool
 from qsdk.execution.task import Task, TaskResult
@@ -224,7 +225,7 @@ class RayExecutor(Executor):
 
     def finalize(self) -> None:
         if self._owns_session and ray.is_initialized():
-            ray.shutdown()  # on the long-lived head: only this driver goes, the head stays
+            shutdown_ray()  # on the long-lived head: only this driver goes, the head stays
         self._owns_session = False
         self._remote = None
         if self._lease is not None:

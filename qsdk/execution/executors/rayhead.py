@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from qsdk import localservice
 from qsdk.errors import ConfigError
-from qsdk.execution.executors.rayenv import OBJECT_STORE_BYTES, embedded_environment
+from qsdk.execution.executors.rayenv import OBJECT_STORE_BYTES, embedded_environment, shutdown_ray
 
 IDLE_TIMEOUT = 900.0  # seconds without an attached run before the head stops itself
 ENV_IDLE_TIMEOUT = "QSDK_RAY_IDLE_TIMEOUT"
@@ -236,7 +236,7 @@ def serve(folder: Path, project: Path, *, num_cpus: int, idle_timeout: float) ->
                          log_to_driver=False, logging_level=logging.ERROR, namespace="qsdk")
             break
         except Exception as exc:  # Ray raises a bare Exception when its node does not come up in time
-            ray.shutdown()
+            shutdown_ray()
             if attempt == _START_ATTEMPTS:
                 raise
             print(f"qsdk ray head: Ray did not start ({exc}); attempt {attempt + 1} of {_START_ATTEMPTS}",
@@ -267,7 +267,7 @@ def serve(folder: Path, project: Path, *, num_cpus: int, idle_timeout: float) ->
         with contextlib.suppress(FileNotFoundError):
             if json.loads((folder / "head.json").read_text()).get("pid") == os.getpid():
                 (folder / "head.json").unlink()
-        ray.shutdown()
+        shutdown_ray()
         print("qsdk ray head stopped", flush=True)
 
 
