@@ -131,6 +131,7 @@ def plan(flow: Flow, params: Mapping[str, dict[str, Any]], *, registry: Registry
                 inputs=stage.inputs,
                 outputs=stage.outputs,
                 staging_dir=str(run_dir / ".staging" / slug),
+                runs_dir=str(run_dir.parent),
                 pinned_versions={t: v for t, v in (pinned_versions or {}).items() if t in stage.inputs},
                 read_roots={t: str(r) for t, r in (read_roots or {}).items() if t in stage.inputs},
             )

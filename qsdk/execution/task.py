@@ -299,7 +299,7 @@ def _lake_files(task: Task) -> dict[str, tuple[int, int]]:
     if isinstance(loc, storage.ObjectPath):
         return storage.object_tree(loc, skip=guard.private_names())
     root = Path(task.context.lakehouse_root)
-    skip = guard.private_folders(root, task.context.staging_dir)
+    skip = guard.private_folders(root, task.context.runs_dir)
     files: dict[str, tuple[int, int]] = {}
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = [d for d in subfolders if os.path.join(folder, d) not in skip]

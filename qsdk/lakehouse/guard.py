@@ -84,13 +84,12 @@ _watch: _Watch | None = None
 _folders: dict[str, str] = {}  # folder -> the folder resolved (links followed)
 
 
-def private_folders(root: str | Path, staging_dir: str | Path | None) -> set[str]:
+def private_folders(root: str | Path, runs_dir: str | None) -> set[str]:
     """Folders under ``root`` that qsdk writes outside table commits: cache records, sandboxes,
-    table-creation locks, and the runs folder when it lies inside the lakehouse."""
+    table-creation locks, and the runs folder (a stage context's ``runs_dir``) when it lies
+    inside the lakehouse."""
     root = Path(root)
-    staging = Path(staging_dir or root)  # <runs>/<run_id>/.staging/<stage>[/<partition>]
-    runs = next((p.parent.parent for p in staging.parents if p.name == ".staging"), None)
-    return {str(root / d) for d in private_names()} | ({str(runs)} if runs else set())
+    return {str(root / d) for d in private_names()} | ({str(Path(runs_dir))} if runs_dir else set())
 
 
 def private_names() -> tuple[str, ...]:
@@ -116,7 +115,7 @@ def install(context: Any) -> None:
     real = [os.path.realpath(r) for r in dict.fromkeys(roots)]
     private = set()
     for root in real:
-        private |= {os.path.realpath(p) for p in private_folders(root, context.staging_dir)}
+        private |= {os.path.realpath(p) for p in private_folders(root, context.runs_dir)}
     _watch = _Watch(roots=tuple(r.rstrip(os.sep) + os.sep for r in real), private=frozenset(private),
                     uris=uris, private_uris=private_uris, stage=context.stage,
                     allowed=tuple(context.allowed_reads), staging_dir=context.staging_dir)

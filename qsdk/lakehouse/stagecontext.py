@@ -33,6 +33,9 @@ class StageContext:
     tables: dict[str, dict[str, Any]]
     partition: str | None = None
     staging_dir: str | None = None  # None: writes commit at once (interactive sessions)
+    # the run's runs folder on the driver: qsdk writes executed notebooks there while stages run,
+    # so where it lies inside the lakehouse it is no table's (the guard and the direct-write check)
+    runs_dir: str | None = None
     pinned_versions: dict[str, int] = field(default_factory=dict)
     # table -> another lakehouse root to read it from (reproduce: the original lakehouse)
     read_roots: dict[str, str] = field(default_factory=dict)

@@ -130,6 +130,32 @@ def test_an_embedded_ray_stops_its_autoscaler_before_its_gcs_and_leaves_nothing_
     assert done["alive"] == []
 
 
+# the 2021 partition writes a while after the 2020 one ended, whose notebook the driver then wrote
+STAGGERED = """import time, pandas as pd, qsdk
+time.sleep(0 if start.startswith("2020") else 6)
+df = pd.DataFrame({"date": pd.date_range(start, end, freq="MS"), "v": 1})
+qsdk.write_table("bronze.k", df, mode="overwrite", predicate=qsdk.between("date", start, end))"""
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_runs_folder_inside_the_lakehouse_is_not_taken_for_a_direct_write(ray_session, project, executor):
+    """qsdk writes executed notebooks (and, on Ray, brings finished partitions' notebooks back)
+    into ``runs/`` while other tasks run; with ``runs/`` inside the lakehouse, none of that is a
+    stage writing around ``qsdk.write_table``. On Ray the worker's staging folder is a scratch
+    folder, so the runs folder must travel in the stage context, not be guessed from that path."""
+    from qsdk.sdk import QuantSDK
+
+    project.table("bronze.k", COLS, primary_key=["date"]).stage(
+        "k", YEARS, STAGGERED, outputs=["bronze.k"], partition={"by": "year"}).flow("f", ["k"]).save()
+    lake = project.root / "lakehouse"
+    sdk = QuantSDK(project.root, lakehouse_root=lake, runs_dir=lake / "runs")
+    result = sdk.run_pipeline("f", executor=RayExecutor() if executor == "ray" else "local", track=False,
+                              cache=False, raise_on_failure=False)
+    assert result.status == "succeeded", [str(r.error) for r in result.failures]
+    assert len(_rows(sdk, "bronze.k", ["date"])) == 24
+    assert {Path(r.notebook).parent.parent.parent for r in result.results} == {lake / "runs"}
+
+
 def test_killed_worker_is_retried_without_duplicate_or_missing_rows(ray_session, project, tmp_path):
     kill = """import os, pathlib, signal, time
 marker = pathlib.Path(markers) / f"{start}.killed"
