@@ -7,7 +7,9 @@ those replaced by what exists there:
 
 - the staging folder (the stage context's JSON, staged writes, read log, guard records) and the
   executed notebook go to a scratch folder on the worker, deleted after the task: the commit of
-  the staged writes happens in the task, on the worker, so nothing staged must travel;
+  the staged writes happens in the task, on the worker, so nothing staged must travel. A worker
+  killed mid-task cannot delete its own: the folder names host and worker pid, and every task
+  removes those of this host's dead workers first (:func:`sweep_scratch`);
 - the stage's notebook and the project root are those of ``code_root``, where the project's code
   was shipped (Ray's ``runtime_env`` ``working_dir``), when it was shipped;
 - the tracker's ids come from ``fetch_tracking`` (the executor's channel, e.g. Ray's key-value
@@ -25,7 +27,10 @@ cluster, tracking needs a server (README, "Running on a cluster").
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Callable
@@ -55,11 +60,45 @@ def localize(task: Task, *, scratch: Path, code_root: Path | None = None) -> Tas
                                output_notebook=str(scratch / Path(task.output_notebook).name))
 
 
+def _scratch_prefix(pid: int) -> str:
+    return f"{SCRATCH_PREFIX}{socket.gethostname()}-{pid}-"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a zombie does not; unknown: it does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def sweep_scratch(folder: str | Path | None = None) -> list[Path]:
+    """Remove the scratch folders (in ``folder``, default the temp folder) that workers of this
+    host left when they died mid-task; the removed ones. Another host's (a temp folder shared by
+    containers) and a live process's are left alone, as is any folder not named by this module."""
+    folder = Path(folder or tempfile.gettempdir())
+    mine = re.compile(re.escape(f"{SCRATCH_PREFIX}{socket.gethostname()}-") + r"(\d+)-")
+    removed = []
+    for path in folder.glob(f"{SCRATCH_PREFIX}*"):
+        match = mine.match(path.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def run_detached(task: Task, run: Callable[[Task], TaskResult], *, code_root: Path | None = None,
                  fetch_tracking: Callable[[], dict[str, Any] | None] | None = None) -> TaskResult:
     """Run ``task`` (with ``run``, e.g. a kernel pool's ``run_task``) away from the driver's
     paths; the result names the driver's notebook path and carries the notebook's bytes."""
-    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+    sweep_scratch()
+    scratch = Path(tempfile.mkdtemp(prefix=_scratch_prefix(os.getpid())))
     try:
         local = localize(task, scratch=scratch, code_root=code_root)
         problem = unreachable(local)

@@ -162,6 +162,7 @@ marker = pathlib.Path(markers) / f"{start}.killed"
 if start.startswith("2021") and not marker.exists():  # first attempt only
     worker = int(os.environ["JPY_PARENT_PID"])  # the Ray worker running this task: it started the kernel
     marker.write_text(str(worker))  # (the kernel's parent, or its zygote's when the kernel was forked)
+    pathlib.Path(markers, "scratch").write_text(os.environ["QSDK_CONTEXT"])  # <scratch>/staging/context.json
     os.kill(worker, signal.SIGKILL)
     time.sleep(60)"""
     sdk = (project.table("bronze.k", COLS, primary_key=["date"])
@@ -177,6 +178,8 @@ if start.startswith("2021") and not marker.exists():  # first attempt only
     retried = next(r for r in result.results if r.partition.startswith("2021"))
     assert retried.status == "succeeded" and retried.extra["worker_pid"] != killed_pid
     assert not psutil.pid_exists(killed_pid) or psutil.Process(killed_pid).status() == psutil.STATUS_ZOMBIE
+    scratch = Path((tmp_path / "scratch").read_text()).parent.parent
+    assert scratch.name.startswith("qsdk-task-") and not scratch.exists()  # the retry removed what the killed worker left
     rows = _rows(sdk, "bronze.k", ["date"])
     assert rows["date"].astype(str).tolist() == [str(d.date()) for d in pd.date_range("2020-01-01", "2021-12-01", freq="MS")]
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())

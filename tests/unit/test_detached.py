@@ -129,3 +129,40 @@ def test_the_shipped_code_keeps_every_qsdk_module_and_leaves_out_runs_and_tables
         assert spec.match_file(data), data
     for code in ("notebooks/backfill/ingest_prices.ipynb", "pipelines/backfill.yaml", "mylib/lakehouse.py"):
         assert not spec.match_file(code), code
+
+
+def test_a_task_removes_what_dead_workers_of_its_host_left_in_scratch_and_nothing_else(tmp_path, monkeypatch):
+    """A worker killed mid-task never reaches its ``finally``: its scratch folder stays. The next
+    task on the host removes it, and leaves a live worker's, another host's, and folders it did
+    not name."""
+    import socket
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host = socket.gethostname()
+    made = {name: tmp_path / "tmp" / name for name in (
+        f"qsdk-task-{host}-{dead}-abc", f"qsdk-task-{host}-{live.pid}-def", f"qsdk-task-elsewhere-{dead}-ghi",
+        "qsdk-task-xyz", f"other-{host}-{dead}-jkl")}
+    for path in made.values():
+        (path / "staging").mkdir(parents=True)
+    try:
+        scratch: list[Path] = []
+
+        def run(local: Task) -> TaskResult:
+            scratch.append(Path(local.output_notebook).parent)
+            return TaskResult(local.stage, local.partition, "succeeded", local.output_notebook)
+
+        detached.run_detached(_task(tmp_path), run)
+    finally:
+        live.kill()
+        live.wait()
+    assert {name for name, path in made.items() if path.exists()} == set(made) - {f"qsdk-task-{host}-{dead}-abc"}
+    (own,) = scratch
+    assert own.name.startswith(f"qsdk-task-{host}-") and not own.exists()  # named for the sweep, removed after
+    # once its worker is gone, a live worker's folder goes too
+    assert detached.sweep_scratch(tmp_path / "tmp") == [made[f"qsdk-task-{host}-{live.pid}-def"]]
