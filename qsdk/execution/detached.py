@@ -9,7 +9,9 @@ those replaced by what exists there:
   executed notebook go to a scratch folder on the worker, deleted after the task: the commit of
   the staged writes happens in the task, on the worker, so nothing staged must travel. A worker
   killed mid-task cannot delete its own: the folder names host and worker pid, and every task
-  removes those of this host's dead workers first (:func:`sweep_scratch`);
+  removes those of this host's dead workers first (:func:`sweep_scratch`). A failed task's
+  staged files move to the driver's staging folder when this node shares its disk
+  (:func:`keep_staged`), as the local executor leaves them;
 - the stage's notebook and the project root are those of ``code_root``, where the project's code
   was shipped (Ray's ``runtime_env`` ``working_dir``), when it was shipped;
 - the tracker's ids come from ``fetch_tracking`` (the executor's channel, e.g. Ray's key-value
@@ -113,6 +115,8 @@ def run_detached(task: Task, run: Callable[[Task], TaskResult], *, code_root: Pa
         result = run(local)
         executed = Path(local.output_notebook)
         result.notebook_data = executed.read_bytes() if executed.is_file() else None
+        if result.status == "failed":
+            keep_staged(task, local)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result.notebook = task.output_notebook if result.notebook else result.notebook
@@ -120,6 +124,26 @@ def run_detached(task: Task, run: Callable[[Task], TaskResult], *, code_root: Pa
         fields = {**result.error.fields, "notebook": task.output_notebook}
         result.error = StageFailed(result.error.detail, **fields)
     return result
+
+
+def keep_staged(task: Task, local: Task) -> Path | None:
+    """Move a failed task's staged files (writes, read log, context) from the scratch folder to
+    where the local executor leaves them, the driver's ``runs/<run_id>/.staging/...``, for
+    inspection; the new folder, or ``None`` when this node does not share the driver's disk (the
+    run's folder, made by the driver, does not exist here) or nothing was staged."""
+    if not (task.context.runs_dir and task.context.staging_dir and local.context.staging_dir):
+        return None
+    source, target = Path(local.context.staging_dir), Path(task.context.staging_dir)
+    if not source.is_dir() or not (Path(task.context.runs_dir) / task.run_id).is_dir():
+        return None
+    try:
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, target)
+    except OSError:  # best effort: the failure itself is what the task reports
+        return None
+    return target
 
 
 def deliver(result: TaskResult) -> TaskResult:

@@ -210,6 +210,28 @@ def test_failing_partition_is_not_retried_and_reports_its_cell(ray_session, proj
     assert len(_rows(sdk, "bronze.k", ["date"])) == 12  # the good partition committed, the bad one did not
 
 
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_failed_partitions_staged_writes_are_kept_under_its_run(ray_session, project, executor):
+    """A partition that staged a write and then failed: its staged rows stay under the driver's
+    ``runs/<run_id>/.staging/<stage>/<partition>`` for inspection, on Ray (staged in the worker's
+    scratch folder) as locally; the table has only the good partition's rows."""
+    from qsdk.lakehouse import staging
+
+    boom = 'if start.startswith("2021"):\n    raise ValueError("after staging " + start)'
+    sdk = (project.table("bronze.k", COLS, primary_key=["date"])
+           .stage("k", YEARS, WRITE, boom, outputs=["bronze.k"], partition={"by": "year"})
+           .flow("f", ["k"]).sdk())
+    result = sdk.run_pipeline("f", executor=RayExecutor() if executor == "ray" else "local", track=False,
+                              cache=False, raise_on_failure=False)
+    (failed,) = result.failures
+    assert failed.partition == "2021-01-01_2021-12-31" and failed.error.ename == "ValueError"
+    kept = Path(result.run_dir) / ".staging" / "k" / failed.partition
+    (write,) = staging.staged_writes(kept)
+    assert (write.table, write.rows) == ("bronze.k", 12)
+    assert str(staging.read_staged(kept, write).column("date")[0]) == "2021-01-01"
+    assert len(_rows(sdk, "bronze.k", ["date"])) == 12  # 2020 committed, 2021 did not
+
+
 BIG = """import numpy as np, pandas as pd, qsdk
 days = pd.date_range(start, end, freq="D")
 rng = np.random.default_rng(0)

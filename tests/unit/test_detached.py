@@ -166,3 +166,24 @@ def test_a_task_removes_what_dead_workers_of_its_host_left_in_scratch_and_nothin
     assert own.name.startswith(f"qsdk-task-{host}-") and not own.exists()  # named for the sweep, removed after
     # once its worker is gone, a live worker's folder goes too
     assert detached.sweep_scratch(tmp_path / "tmp") == [made[f"qsdk-task-{host}-{live.pid}-def"]]
+
+
+@pytest.mark.parametrize("shares_disk", [True, False])
+def test_a_failed_tasks_staged_files_reach_the_driver_only_where_its_run_folder_exists(tmp_path, shares_disk):
+    """On a node that shares the driver's disk the run's folder exists and a failed task's staged
+    files move there; on one that does not, no driver path is created on the worker."""
+    import dataclasses
+
+    task = _task(tmp_path)
+    task = dataclasses.replace(task, context=dataclasses.replace(task.context, runs_dir=str(tmp_path / "runs")))
+    if shares_disk:
+        (tmp_path / "runs" / "r1").mkdir(parents=True)
+
+    def run(local: Task) -> TaskResult:
+        Path(local.context.staging_dir).mkdir(parents=True)
+        (Path(local.context.staging_dir) / "writes.jsonl").write_text("{}\n")
+        return TaskResult(local.stage, local.partition, "failed", local.output_notebook)
+
+    detached.run_detached(task, run)
+    kept = task.staging_dir / "writes.jsonl"
+    assert kept.is_file() if shares_disk else not (tmp_path / "runs").exists()
