@@ -5,23 +5,27 @@ under ``runs/<run_id>/``, the stage's notebook under the project root, the track
 (:mod:`qsdk.execution.tracking_ref`). On the worker, :func:`run_detached` runs the task with
 those replaced by what exists there:
 
-- the staging folder (the stage context's JSON, staged writes, read log, guard records) and the
-  executed notebook go to a scratch folder on the worker, deleted after the task: the commit of
-  the staged writes happens in the task, on the worker, so nothing staged must travel. A worker
-  killed mid-task cannot delete its own: the folder names host and worker pid, and every task
-  removes those of this host's dead workers first (:func:`sweep_scratch`). A failed task's
-  staged files move to the driver's staging folder when this node shares its disk
-  (:func:`keep_staged`), as the local executor leaves them;
+- the staging folder (the stage context's JSON, staged writes, read log, guard records) goes to
+  a scratch folder on the worker, deleted after the task: the commit of the staged writes
+  happens in the task, on the worker, so nothing staged must travel. A worker killed mid-task
+  cannot delete its own: the folder names host and worker pid, and every task removes those of
+  this host's dead workers first (:func:`sweep_scratch`);
+- the executed notebook, on a node that shares the driver's disk (:func:`shares_run_folder`: an
+  embedded Ray, the long-lived head), is written in place under the driver's ``runs/<run_id>/``,
+  cell by cell as papermill writes it, so a long task can be followed while it runs; a failed
+  task's staged files move to the driver's staging folder there too, as the local executor
+  leaves them (:func:`keep_staged`). Elsewhere the notebook is written to the scratch folder and
+  comes back inside the result (``TaskResult.notebook_data``): :func:`deliver` writes it under
+  the driver's ``runs/<run_id>/`` before any hook sees the result, so the tracking hook logs it
+  (and renders its HTML) from there;
 - the stage's notebook and the project root are those of ``code_root``, where the project's code
   was shipped (Ray's ``runtime_env`` ``working_dir``), when it was shipped;
 - the tracker's ids come from ``fetch_tracking`` (the executor's channel, e.g. Ray's key-value
   store) and are written to a local file for the kernel's ``qsdk.log_metric`` and the commit.
 
-The executed notebook comes back to the driver inside the result (``TaskResult.notebook_data``):
-:func:`deliver` writes it under the driver's ``runs/<run_id>/`` before any hook sees the result,
-so the tracking hook logs it (and renders its HTML) from there. A path the task needs that does
-not exist on the worker (a local lakehouse or read-root folder, the stage's notebook) fails the
-task with a message naming it and what to use on a cluster instead. A SQLite tracking store is
+A path the task needs that does not exist on the worker (a local lakehouse or read-root folder,
+the stage's notebook) fails the task with a message naming it and what to use on a cluster
+instead. A SQLite tracking store is
 not checked (its URI reaches the worker with the tracker's ids, after the task started): on a
 cluster, tracking needs a server (README, "Running on a cluster").
 """
@@ -46,8 +50,9 @@ from qsdk.execution.task import Task, TaskResult
 SCRATCH_PREFIX = "qsdk-task-"
 
 
-def localize(task: Task, *, scratch: Path, code_root: Path | None = None) -> Task:
-    """``task`` with its staging folder and executed notebook in ``scratch``, and (when the code
+def localize(task: Task, *, scratch: Path, code_root: Path | None = None, notebook_in_place: bool = False) -> Task:
+    """``task`` with its staging folder in ``scratch``, its executed notebook there too (unless
+    ``notebook_in_place``: the driver's path, on a node that shares its disk), and (when the code
     was shipped to ``code_root``) its notebook and project root there."""
     root = Path(task.project_root) if task.project_root else None
     notebook, project_root = task.notebook, task.project_root
@@ -58,8 +63,9 @@ def localize(task: Task, *, scratch: Path, code_root: Path | None = None) -> Tas
     if tracking_ref.PENDING_KEY in tracking:
         tracking[tracking_ref.PENDING_KEY] = str(scratch / "tracking.json")
     context = dataclasses.replace(task.context, staging_dir=str(scratch / "staging"), tracking=tracking)
+    output = task.output_notebook if notebook_in_place else str(scratch / Path(task.output_notebook).name)
     return dataclasses.replace(task, notebook=notebook, project_root=project_root, context=context,
-                               output_notebook=str(scratch / Path(task.output_notebook).name))
+                               output_notebook=output)
 
 
 def _scratch_prefix(pid: int) -> str:
@@ -102,7 +108,8 @@ def run_detached(task: Task, run: Callable[[Task], TaskResult], *, code_root: Pa
     sweep_scratch()
     scratch = Path(tempfile.mkdtemp(prefix=_scratch_prefix(os.getpid())))
     try:
-        local = localize(task, scratch=scratch, code_root=code_root)
+        in_place = shares_run_folder(task)
+        local = localize(task, scratch=scratch, code_root=code_root, notebook_in_place=in_place)
         problem = unreachable(local)
         if problem:
             error = task.failure(problem, reason="executor", ename="PathNotOnWorker", evalue=problem)
@@ -114,8 +121,8 @@ def run_detached(task: Task, run: Callable[[Task], TaskResult], *, code_root: Pa
                              name="qsdk-tracking-ids", daemon=True).start()
         result = run(local)
         executed = Path(local.output_notebook)
-        result.notebook_data = executed.read_bytes() if executed.is_file() else None
-        if result.status == "failed":
+        result.notebook_data = executed.read_bytes() if executed.is_file() and not in_place else None
+        if result.status == "failed" and in_place:
             keep_staged(task, local)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -126,15 +133,21 @@ def run_detached(task: Task, run: Callable[[Task], TaskResult], *, code_root: Pa
     return result
 
 
+def shares_run_folder(task: Task) -> bool:
+    """Whether this node sees the driver's folder of ``task``'s run: only the driver makes it, so
+    a node without the driver's disk has no folder of that run id."""
+    return bool(task.context.runs_dir) and (Path(task.context.runs_dir or "") / task.run_id).is_dir()
+
+
 def keep_staged(task: Task, local: Task) -> Path | None:
     """Move a failed task's staged files (writes, read log, context) from the scratch folder to
-    where the local executor leaves them, the driver's ``runs/<run_id>/.staging/...``, for
-    inspection; the new folder, or ``None`` when this node does not share the driver's disk (the
-    run's folder, made by the driver, does not exist here) or nothing was staged."""
-    if not (task.context.runs_dir and task.context.staging_dir and local.context.staging_dir):
+    where the local executor leaves them, the driver's ``runs/<run_id>/.staging/...`` (on a node
+    that :func:`shares_run_folder`), for inspection; the new folder, or ``None`` if nothing was
+    staged."""
+    if not (task.context.staging_dir and local.context.staging_dir):
         return None
     source, target = Path(local.context.staging_dir), Path(task.context.staging_dir)
-    if not source.is_dir() or not (Path(task.context.runs_dir) / task.run_id).is_dir():
+    if not source.is_dir():
         return None
     try:
         if target.exists():

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -230,6 +231,40 @@ def test_a_failed_partitions_staged_writes_are_kept_under_its_run(ray_session, p
     assert (write.table, write.rows) == ("bronze.k", 12)
     assert str(staging.read_staged(kept, write).column("date")[0]) == "2021-01-01"
     assert len(_rows(sdk, "bronze.k", ["date"])) == 12  # 2020 committed, 2021 did not
+
+
+FIRST = 'print("first cell done")'
+WAIT_UNTIL_SEEN = """import pathlib, time
+deadline = time.time() + 60
+while not pathlib.Path(markers, "seen").exists():
+    if time.time() > deadline:
+        raise TimeoutError("no one saw the first cell's output while the task ran")
+    time.sleep(0.2)"""
+
+
+def test_a_running_tasks_notebook_can_be_followed_under_its_run(ray_session, project, tmp_path):
+    """On a Ray that shares the driver's disk the worker writes the executed notebook in place,
+    cell by cell: the driver's ``runs/<run_id>/`` shows the first cell's output while the second
+    still runs (which waits until the test has seen it, and fails the task after 60 s)."""
+    sdk = project.stage("follow", 'markers: str = ""', FIRST, WAIT_UNTIL_SEEN).flow("f", ["follow"]).sdk()
+
+    def watch() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            for notebook in (project.root / "runs").glob("*/follow.ipynb"):
+                if "first cell done" in notebook.read_text(errors="replace"):
+                    (tmp_path / "seen").write_text(str(notebook))
+                    return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    result = sdk.run_pipeline("f", params={"markers": str(tmp_path)}, executor=RayExecutor(), track=False,
+                              cache=False, raise_on_failure=False)
+    watcher.join(timeout=5)
+    assert result.status == "succeeded", [str(r.error) for r in result.failures]
+    (done,) = result.results
+    assert Path((tmp_path / "seen").read_text()) == Path(done.notebook)
 
 
 BIG = """import numpy as np, pandas as pd, qsdk

@@ -169,21 +169,31 @@ def test_a_task_removes_what_dead_workers_of_its_host_left_in_scratch_and_nothin
 
 
 @pytest.mark.parametrize("shares_disk", [True, False])
-def test_a_failed_tasks_staged_files_reach_the_driver_only_where_its_run_folder_exists(tmp_path, shares_disk):
-    """On a node that shares the driver's disk the run's folder exists and a failed task's staged
-    files move there; on one that does not, no driver path is created on the worker."""
+def test_the_driver_paths_are_used_only_where_the_runs_folder_exists(tmp_path, shares_disk):
+    """On a node that shares the driver's disk the run's folder exists: the executed notebook is
+    written in place (nothing to carry back) and a failed task's staged files move there. On one
+    that does not, the notebook comes back in the result and no driver path is created."""
     import dataclasses
 
     task = _task(tmp_path)
     task = dataclasses.replace(task, context=dataclasses.replace(task.context, runs_dir=str(tmp_path / "runs")))
     if shares_disk:
         (tmp_path / "runs" / "r1").mkdir(parents=True)
+    written: list[str] = []
 
     def run(local: Task) -> TaskResult:
         Path(local.context.staging_dir).mkdir(parents=True)
         (Path(local.context.staging_dir) / "writes.jsonl").write_text("{}\n")
+        Path(local.output_notebook).parent.mkdir(parents=True, exist_ok=True)
+        Path(local.output_notebook).write_text('{"executed": true}')
+        written.append(local.output_notebook)
         return TaskResult(local.stage, local.partition, "failed", local.output_notebook)
 
-    detached.run_detached(task, run)
-    kept = task.staging_dir / "writes.jsonl"
-    assert kept.is_file() if shares_disk else not (tmp_path / "runs").exists()
+    result = detached.run_detached(task, run)
+    assert result.notebook == task.output_notebook
+    if shares_disk:
+        assert written == [task.output_notebook] and result.notebook_data is None
+        assert (task.staging_dir / "writes.jsonl").is_file()
+    else:
+        assert written != [task.output_notebook] and result.notebook_data == b'{"executed": true}'
+        assert not (tmp_path / "runs").exists()
