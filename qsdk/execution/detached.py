@@ -25,9 +25,9 @@ those replaced by what exists there:
 
 A path the task needs that does not exist on the worker (a local lakehouse or read-root folder,
 the stage's notebook) fails the task with a message naming it and what to use on a cluster
-instead. A SQLite tracking store is
-not checked (its URI reaches the worker with the tracker's ids, after the task started): on a
-cluster, tracking needs a server (README, "Running on a cluster").
+instead. A SQLite tracking store is not checked (its URI reaches the worker with the tracker's
+ids, after the task started): on a cluster, tracking needs a server (README, "Running on a
+cluster").
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def localize(task: Task, *, scratch: Path, code_root: Path | None = None, notebo
                                output_notebook=output)
 
 
-def _scratch_prefix(pid: int) -> str:
-    return f"{SCRATCH_PREFIX}{socket.gethostname()}-{pid}-"
+def _host_prefix() -> str:
+    """This host's scratch folders start so; the worker's pid and a random part follow."""
+    return f"{SCRATCH_PREFIX}{socket.gethostname()}-"
 
 
 def _alive(pid: int) -> bool:
@@ -91,7 +92,7 @@ def sweep_scratch(folder: str | Path | None = None) -> list[Path]:
     host left when they died mid-task; the removed ones. Another host's (a temp folder shared by
     containers) and a live process's are left alone, as is any folder not named by this module."""
     folder = Path(folder or tempfile.gettempdir())
-    mine = re.compile(re.escape(f"{SCRATCH_PREFIX}{socket.gethostname()}-") + r"(\d+)-")
+    mine = re.compile(re.escape(_host_prefix()) + r"(\d+)-")
     removed = []
     for path in folder.glob(f"{SCRATCH_PREFIX}*"):
         match = mine.match(path.name)
@@ -104,9 +105,10 @@ def sweep_scratch(folder: str | Path | None = None) -> list[Path]:
 def run_detached(task: Task, run: Callable[[Task], TaskResult], *, code_root: Path | None = None,
                  fetch_tracking: Callable[[], dict[str, Any] | None] | None = None) -> TaskResult:
     """Run ``task`` (with ``run``, e.g. a kernel pool's ``run_task``) away from the driver's
-    paths; the result names the driver's notebook path and carries the notebook's bytes."""
+    paths; the result names the driver's notebook path and, unless the notebook was written there
+    (:func:`shares_run_folder`), carries its bytes."""
     sweep_scratch()
-    scratch = Path(tempfile.mkdtemp(prefix=_scratch_prefix(os.getpid())))
+    scratch = Path(tempfile.mkdtemp(prefix=f"{_host_prefix()}{os.getpid()}-"))
     try:
         in_place = shares_run_folder(task)
         local = localize(task, scratch=scratch, code_root=code_root, notebook_in_place=in_place)
@@ -136,7 +138,8 @@ def run_detached(task: Task, run: Callable[[Task], TaskResult], *, code_root: Pa
 def shares_run_folder(task: Task) -> bool:
     """Whether this node sees the driver's folder of ``task``'s run: only the driver makes it, so
     a node without the driver's disk has no folder of that run id."""
-    return bool(task.context.runs_dir) and (Path(task.context.runs_dir or "") / task.run_id).is_dir()
+    runs = task.context.runs_dir
+    return runs is not None and (Path(runs) / task.run_id).is_dir()
 
 
 def keep_staged(task: Task, local: Task) -> Path | None:
