@@ -97,6 +97,23 @@ def test_embedded_ray_listens_on_loopback_only(ray_session):
     assert listening <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, listening
 
 
+def test_an_embedded_rays_raylet_retries_its_connections_often_with_rays_patience(ray_session):
+    """The raylet's first connection to the object store it just started usually fails on two
+    busy cores; Ray then sleeps a whole second before retrying (about 1 s of every ``ray.init``).
+    The Ray qsdk starts retries every 0.1 s, and still gives up only after Ray's 10 s. Read where
+    Ray applies it: a worker, which takes its settings from the raylet."""
+
+    @ray.remote
+    def settings() -> tuple[int, int]:
+        from ray._raylet import Config
+
+        return Config.raylet_client_connect_timeout_milliseconds(), Config.raylet_client_num_connect_attempts()
+
+    interval, attempts = ray.get(settings.remote())
+    assert interval <= 100
+    assert interval * attempts >= 10_000  # Ray's default: 10 attempts, 1 s apart
+
+
 STOP_EMBEDDED = """
 import json, psutil
 from ray._private import node

@@ -46,6 +46,7 @@ from qsdk.execution import detached, tracking_ref
 from qsdk.execution.executors import rayhead
 from qsdk.execution.executors.base import Executor
 from qsdk.execution.executors.rayenv import (
+    LOCAL_SYSTEM_CONFIG,
     OBJECT_STORE_BYTES,
     cluster_runtime_env,
     embedded_environment,
@@ -163,7 +164,7 @@ class RayExecutor(Executor):
                         include_dashboard=False,
                         object_store_memory=OBJECT_STORE_BYTES,
                         _temp_dir=self.temp_dir,
-                        _system_config={"task_oom_retries": self.oom_retries},
+                        _system_config={**LOCAL_SYSTEM_CONFIG, "task_oom_retries": self.oom_retries},
                         **common,
                     )
             self._owns_session = True

@@ -18,6 +18,13 @@ from qsdk.localservice import SOURCE_ROOT, pythonpath
 # address and binds its gRPC servers on all interfaces.
 _ENV_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 OBJECT_STORE_BYTES = 256 * 2**20  # results are small; table data goes through Delta, not Ray
+# Ray's settings for a Ray qsdk starts (embedded, the head). While it starts, the raylet connects
+# to the object store it has just launched on a thread; when the store is not listening yet (most
+# starts on 2 cores) the retry sleeps a whole second (10 attempts, 1 s apart). Retrying every
+# 0.1 s, 100 times, keeps the same 10 s of patience and takes about 1 s off ``ray.init`` (2.7 s
+# instead of 3.7 s in 6 of 8 alternating starts, 2026-11-30).
+LOCAL_SYSTEM_CONFIG: dict[str, int] = {"raylet_client_connect_timeout_milliseconds": 100,
+                                       "raylet_client_num_connect_attempts": 100}
 # What a worker of a cluster needs from the driver's environment: the object store's variables
 # (qsdk.storage) and an MLflow server's credentials. Shipped in the job's runtime_env, which
 # whoever can read the cluster's job metadata can read: a node's own credentials (an instance

@@ -37,14 +37,19 @@ from typing import Any, Literal
 
 from qsdk import localservice
 from qsdk.errors import ConfigError
-from qsdk.execution.executors.rayenv import OBJECT_STORE_BYTES, embedded_environment, shutdown_ray
+from qsdk.execution.executors.rayenv import (
+    LOCAL_SYSTEM_CONFIG,
+    OBJECT_STORE_BYTES,
+    embedded_environment,
+    shutdown_ray,
+)
 
 IDLE_TIMEOUT = 900.0  # seconds without an attached run before the head stops itself
 ENV_IDLE_TIMEOUT = "QSDK_RAY_IDLE_TIMEOUT"
 START_TIMEOUT = 420.0  # how long a run waits for a new head to come up (a loaded machine is slow)
 _POLL = 1.0  # how often the head looks at its leases
 _MODULE = "qsdk.execution.executors.rayhead"
-_SYSTEM_CONFIG = {"task_oom_retries": 1}  # as the embedded Ray
+_SYSTEM_CONFIG = {**LOCAL_SYSTEM_CONFIG, "task_oom_retries": 1}  # as the embedded Ray
 # On a loaded machine Ray's raylet may give up waiting for its agents ("Timed out waiting for
 # file .../metrics_agent_port", after about 15 s) and the node fails to start: a head starts
 # once for many runs, so it tries again.
