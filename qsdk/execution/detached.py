@@ -96,7 +96,8 @@ def sweep_scratch(folder: str | Path | None = None) -> list[Path]:
     removed = []
     for path in folder.glob(f"{SCRATCH_PREFIX}*"):
         match = mine.match(path.name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+        pid = int(match.group(1)) if match else None
+        if pid is not None and pid != os.getpid() and not _alive(pid):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

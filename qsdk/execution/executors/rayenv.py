@@ -94,8 +94,9 @@ def shutdown_ray() -> None:
     A Ray this process started (the embedded one, the head) stops its processes one by one: the
     raylet, then the GCS, then Ray's autoscaler monitor. The monitor answers SIGTERM by reporting
     its "failure" to the GCS, which is gone by then; it blocks there, and Ray waits its full
-    one-second grace before killing it: about 1 s of every ``qsdk run`` on an embedded Ray. A one-node Ray has nothing to autoscale; its monitor is killed first. A driver that only
-    joined a cluster started nothing and is left to ``ray.shutdown()`` alone.
+    one-second grace before killing it: about 1 s of every ``qsdk run`` on an embedded Ray. A
+    one-node Ray has nothing to autoscale; its monitor is killed first. A driver that only joined
+    a cluster started nothing and is left to ``ray.shutdown()`` alone.
     """
     import ray
     from ray._private import worker
